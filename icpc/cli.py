@@ -1,0 +1,187 @@
+"""The ``icpc`` console script: one subcommand per job, each a thin layer over a library function.
+
+    icpc datasets fashion-mnist --output data/fmnist --train 6000 --test 1000
+    icpc compress --modality image --input data/fmnist --output runs/data
+    icpc train --nproc-per-node 2 --data runs/data --output runs/icpc
+    icpc evaluate --checkpoint runs/icpc/last.pt
+    icpc demo                       # all of the above on Fashion-MNIST, ICPC vs baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from icpc.config import CompressConfig, ConfigError, EvalConfig, TrainConfig, finalize, to_dict
+
+SET_HELP = "override any config field, e.g. --set image.sides=28,20,12 (repeatable; unknown keys are errors)"
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icpc", description="Input Compression with Positional Consistency.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="build a demo data set from a Debian package (offline)")
+    p.add_argument("name", choices=["fashion-mnist"], help="which data set")
+    p.add_argument("--output", required=True, help="folder to write (ImageFolder layout: train/ test/)")
+    p.add_argument("--train", type=int, default=0, help="training samples, class-balanced (0 = all 60,000)")
+    p.add_argument("--test", type=int, default=0, help="test samples, class-balanced (0 = all 10,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
+
+    p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
+    p.add_argument("--modality", default="image", help="image (text, video, audio as they land)")
+    p.add_argument("--input", help="dataset root (ImageFolder: ROOT/CLASS/IMG or ROOT/{train,val,test}/CLASS/IMG)")
+    p.add_argument("--output", help="folder for shards, index.parquet, rejects.parquet, manifest.json")
+    p.add_argument("--address", help="Ray cluster address (default: embedded Ray, or RAY_ADDRESS under ray job submit)")
+    p.add_argument("--shard-samples", type=int, help="samples per shard (default 500)")
+    p.add_argument("--limit", type=int, help="at most this many samples per split (quick runs)")
+    p.add_argument("--seed", type=int, help="seed of the val/test carve-out")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    _add_set(p)
+
+    p = sub.add_parser("train", help="DDP training (torchrun), a fresh level per sample per epoch")
+    p.add_argument("--data", help="output folder of icpc compress")
+    p.add_argument("--output", help="folder for checkpoints, metrics.csv, TensorBoard logs")
+    p.add_argument("--epochs", type=int, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--baseline", action="store_true", help="always use level 0 (the A/B reference)")
+    p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
+                   help="position strategy (default consistent)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--nproc-per-node", type=int, default=0,
+                   help="launch this many processes with torchrun (default: run as launched)")
+    _add_set(p)
+
+    p = sub.add_parser("evaluate", help="accuracy/time per level and the cascade over a threshold sweep")
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (default runs/train/last.pt)")
+    p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", help="train, val or test (default test)")
+    p.add_argument("--output", help="report folder (default CHECKPOINT_DIR/eval)")
+    p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
+                   help="evaluate with another position strategy than the one trained with")
+    _add_set(p)
+
+    p = sub.add_parser("demo", help="Fashion-MNIST end to end: build, compress, train ICPC + baseline, evaluate")
+    p.add_argument("--modality", default="image", choices=["image"], help="which modality's demo")
+    p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--train", type=int, default=10000, help="training images (class-balanced subset)")
+    p.add_argument("--test", type=int, default=2000, help="test images")
+    p.add_argument("--epochs", type=int, default=6, help="epochs for each of ICPC and the baseline")
+    p.add_argument("--nproc-per-node", type=int, default=2, help="DDP processes (gloo on CPU)")
+    return parser
+
+
+def _config(cls, args: argparse.Namespace, mapping: dict[str, str]):
+    cfg = cls()
+    for arg, field in mapping.items():
+        value = getattr(args, arg, None)
+        if value not in (None, False):
+            setattr(cfg, field, value)
+    return finalize(cfg, args.set)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    cfg = _config(CompressConfig, args, {"modality": "modality", "input": "input", "output": "output",
+                                         "address": "address", "shard_samples": "shard_samples",
+                                         "limit": "limit", "seed": "seed", "overwrite": "overwrite"})
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from pipeline.job import format_summary, run_compress
+
+    print(format_summary(run_compress(cfg)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    cfg = _config(TrainConfig, args, {"data": "data", "output": "output", "epochs": "epochs",
+                                      "batch_size": "batch_size", "lr": "lr", "baseline": "baseline",
+                                      "strategy": "strategy", "resume": "resume"})
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    if args.nproc_per_node and "RANK" not in os.environ:
+        return launch_torchrun(args.nproc_per_node, _without_nproc(argv))
+    from training.distributed import detect_world
+    from training.train import train
+
+    train(cfg, detect_world())
+    return 0
+
+
+def launch_torchrun(nproc: int, train_argv: list[str]) -> int:
+    """Re-run ``icpc train ARGS`` under torchrun with ``nproc`` local processes (rendezvous on 127.0.0.1)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "icpc.cli", *train_argv]
+    print("launching:", " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    return subprocess.call(cmd, env=env)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc-per-node":
+            skip = True
+        elif not a.startswith("--nproc-per-node="):
+            out.append(a)
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = _config(EvalConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
+                                     "output": "output", "strategy": "strategy"})
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from inference.evaluate import evaluate, format_report
+
+    print(format_report(evaluate(cfg)))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from pipeline.sources import build_fashion_mnist
+
+    counts = build_fashion_mnist(args.output, args.train, args.test, args.seed)
+    print(f"wrote Fashion-MNIST {counts} as PNG to {args.output}/{{train,test}}/CLASS/")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from icpc.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "compress":
+            return cmd_compress(args)
+        if args.command == "train":
+            return cmd_train(args, argv)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "datasets":
+            return cmd_datasets(args)
+        return cmd_demo(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"icpc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Typed configs for every subcommand, with ``--set a.b=value`` overrides and all-at-once validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.image import ImageConfig
+
+
+@dataclass
+class CompressConfig:
+    """``icpc compress``: raw samples -> WebDataset shards + Parquet index + manifest."""
+
+    modality: str = "image"
+    input: str = ""                   # dataset root: ImageFolder layout, optionally split into train/ val/ test/
+    output: str = "runs/data"         # folder for shards, index.parquet, rejects.parquet, manifest.json
+    address: str | None = None        # Ray address; None = embedded ray.init() (or RAY_ADDRESS under `ray job submit`)
+    num_cpus: float | None = None     # CPUs for an embedded Ray; None = all
+    seed: int = 0                     # drives the validation split
+    val_fraction: float = 0.1         # share of train samples held out as val when the input has no val/ folder
+    test_fraction: float = 0.1        # share held out as test when the input has no split folders at all
+    shard_samples: int = 500          # samples per shard (more, smaller shards feed more DDP ranks)
+    max_input_bytes: int = 50_000_000 # inputs larger than this are rejected before decoding
+    limit: int = 0                    # take at most this many samples per split (0 = all); for quick runs
+    batch_size: int = 64              # samples per Ray Data batch
+    overwrite: bool = False           # replace an existing dataset in `output`
+    image: ImageConfig = field(default_factory=ImageConfig)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.input:
+            errors.append("input: is empty; pass --input PATH (an ImageFolder root)")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            errors.append(f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: "
+                          "each must be in [0, 1) and their sum below 1")
+        for name in ("shard_samples", "batch_size", "max_input_bytes"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}={getattr(self, name)}: must be positive")
+        if self.limit < 0:
+            errors.append(f"limit={self.limit}: must be >= 0")
+        if self.modality == "image":
+            errors += self.image.validate()
+        return errors
+
+
+@dataclass
+class ModelConfig:
+    """A pre-norm transformer encoder over tokens, mean-pooled, with a learned position table."""
+
+    dim: int = 96                     # token width D
+    depth: int = 4                    # encoder blocks
+    heads: int = 4                    # attention heads (dim % heads == 0)
+    mlp_ratio: float = 2.0            # MLP hidden width = mlp_ratio * dim
+    dropout: float = 0.1
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
+            errors.append(f"model dim/depth/heads ({self.dim}/{self.depth}/{self.heads}): must be positive")
+        elif self.dim % self.heads:
+            errors.append(f"model.dim={self.dim} is not divisible by model.heads={self.heads}")
+        if not 0 <= self.dropout < 1:
+            errors.append(f"model.dropout={self.dropout}: must be in [0, 1)")
+        return errors
+
+
+@dataclass
+class TrainConfig:
+    """``icpc train``: DDP training on the shards, a fresh level per sample per epoch."""
+
+    data: str = "runs/data"           # output folder of `icpc compress`
+    output: str = "runs/train"        # checkpoints, metrics.csv, TensorBoard logs, config.json
+    epochs: int = 5
+    batch_size: int = 128             # per rank and micro-step
+    grad_accum: int = 1               # micro-steps per optimizer step
+    lr: float = 1e-3                  # peak learning rate after warmup
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05     # of all optimizer steps
+    seed: int = 0                     # drives level draws, shuffling and shard assignment
+    baseline: bool = False            # always level 0 (the A/B reference)
+    level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
+    strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
+    shuffle_buffer: int = 1000        # samples in the per-rank shuffle buffer
+    workers: int = 0                  # DataLoader workers per rank (0 on a 2-core machine)
+    threads: int = 0                  # torch intra-op threads per rank; 0 = cores / ranks
+    resume: bool = False              # continue from output/last.pt
+    max_steps_per_epoch: int = 0      # cap steps per epoch (0 = a full pass); for smoke tests
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> list[str]:
+        from icpc.contract import STRATEGIES
+
+        errors = self.model.validate()
+        for name in ("epochs", "batch_size", "grad_accum", "shuffle_buffer"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}={getattr(self, name)}: must be positive")
+        if self.lr <= 0:
+            errors.append(f"lr={self.lr}: must be positive")
+        if not 0 <= self.warmup_fraction < 1:
+            errors.append(f"warmup_fraction={self.warmup_fraction}: must be in [0, 1)")
+        if self.strategy not in STRATEGIES:
+            errors.append(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
+        if any(w < 0 for w in self.level_weights) or (self.level_weights and not sum(self.level_weights)):
+            errors.append(f"level_weights={self.level_weights}: must be non-negative, not all zero")
+        return errors
+
+
+@dataclass
+class EvalConfig:
+    """``icpc evaluate``: accuracy and time per level, and the cascade over a threshold sweep."""
+
+    checkpoint: str = "runs/train/last.pt"
+    data: str = ""                    # dataset folder; "" = the one the checkpoint was trained on
+    split: str = "test"
+    output: str = ""                  # "" = <checkpoint folder>/eval
+    batch_size: int = 256
+    thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    strategy: str = ""                # "" = the strategy the checkpoint was trained with
+    threads: int = 0                  # torch threads; 0 = all cores
+    limit: int = 0                    # evaluate at most this many samples (0 = all)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.split not in ("train", "val", "test"):
+            errors.append(f"split={self.split!r}: choose train, val or test")
+        if any(not 0 <= t <= 1 for t in self.thresholds):
+            errors.append(f"thresholds={self.thresholds}: must lie in [0, 1]")
+        if self.batch_size <= 0:
+            errors.append(f"batch_size={self.batch_size}: must be positive")
+        return errors
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, reported together."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> list[str]:
+    """Apply ``a.b=value`` strings in place; returns the errors (unknown keys, bad values)."""
+    errors = []
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep:
+            errors.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.dim=128")
+            continue
+        target = cfg
+        names = path.strip().split(".")
+        try:
+            for name in names[:-1]:
+                target = _child(target, name, path)
+            hints = typing.get_type_hints(type(target))
+            if names[-1] not in hints:
+                raise KeyError(f"--set {path}: unknown key {names[-1]!r}; known: {sorted(hints)}")
+            setattr(target, names[-1], _coerce(text, hints[names[-1]], path))
+        except (KeyError, ValueError) as exc:
+            errors.append(str(exc).strip('"'))
+    return errors
+
+
+def finalize(cfg: Any, overrides: list[str] = ()) -> Any:
+    """Apply overrides and validate; raise one ConfigError listing every problem."""
+    errors = apply_overrides(cfg, list(overrides)) + cfg.validate()
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _child(obj: Any, name: str, path: str) -> Any:
+    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+        raise KeyError(f"--set {path}: unknown section {name!r}")
+    return getattr(obj, name)
+
+
+def _coerce(text: str, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    try:
+        if origin is list:
+            value = json.loads(text) if text.strip().startswith("[") else [x for x in text.split(",") if x]
+            return [args[0](v) for v in value]
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if args and text.lower() in ("none", "null"):
+            return None
+        return (args[0] if args else hint)(text)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ValueError(f"--set {path}={text!r}: not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config saved with ``to_dict`` (nested dataclasses included)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            kwargs[f.name] = from_dict(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else value
+    return cls(**kwargs)

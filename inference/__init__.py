@@ -1,0 +1,1 @@
+"""Variable-effort inference: the cascade decision, offline evaluation, calibration and serving."""

@@ -1,0 +1,180 @@
+"""``icpc evaluate``: accuracy and measured time at every level, and the cascade over a threshold sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icpc.config import EvalConfig, TrainConfig, from_dict, to_dict
+from icpc.contract import Spec, check_spec
+from inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from pipeline.shards import read_manifest, split_shards
+from training.data import eval_batches
+from training.train import build_model, load_checkpoint
+
+# Accuracy a cascade may give up against level 0 to count as "as good" (DESIGN contract 5).
+DEFAULT_TOLERANCE = 0.003
+LATENCY_SAMPLES = 64   # samples timed one at a time per level (batch size 1, as a server sees them)
+
+
+def load_model(checkpoint: str | os.PathLike, strategy: str = "") -> tuple[torch.nn.Module, Spec, dict[str, Any]]:
+    """Rebuild the trained model from a checkpoint (``weights_only=True``); returns (model, spec, state)."""
+    state = load_checkpoint(checkpoint)
+    train_cfg = from_dict(TrainConfig, state["config"])
+    if strategy:
+        train_cfg = replace(train_cfg, strategy=strategy)
+    spec = Spec.from_json(state["spec"])
+    model = build_model(spec, train_cfg, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, spec, state
+
+
+@torch.no_grad()
+def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalConfig, strategy: str) -> dict[str, Any]:
+    """Probabilities, labels and batched compute time of every sample at one level."""
+    probs, labels, keys, seconds = [], [], [], 0.0
+    for batch in eval_batches(shards, spec, level, batch_size=cfg.batch_size, strategy=strategy, limit=cfg.limit):
+        t0 = time.perf_counter()
+        logits = model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
+        seconds += time.perf_counter() - t0
+        probs.append(torch.softmax(logits.float(), 1).numpy())
+        labels.append(batch["labels"].numpy())
+        keys += batch["keys"]
+    order = np.argsort(keys)  # the same sample order at every level
+    return {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order],
+            "keys": [keys[i] for i in order], "seconds": seconds}
+
+
+@torch.no_grad()
+def latency_level(model, shards: list[str], spec: Spec, level: int, strategy: str, n: int) -> float:
+    """Median milliseconds of one forward pass of a single sample (batch size 1) at ``level``."""
+    times = []
+    for batch in eval_batches(shards, spec, level, batch_size=1, strategy=strategy, limit=n):
+        t0 = time.perf_counter()
+        model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation; writes eval.json, levels.csv, cascade.csv and cascade.png."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    model, spec, state = load_model(cfg.checkpoint, cfg.strategy)
+    strategy = model.strategy
+    data = cfg.data or state["data"]
+    manifest = read_manifest(data)
+    check_spec(spec, Spec.from_json(manifest["spec"]), f"evaluate {cfg.checkpoint} on {data}")
+    shards = split_shards(manifest, data, cfg.split)
+    out = Path(cfg.output or Path(cfg.checkpoint).parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    for level in range(len(spec.ladder)):
+        results.append(predict_level(model, shards, spec, level, cfg, strategy))
+        if progress:
+            print(f"  level {level} ({spec.ladder[level].name}): acc "
+                  f"{(results[-1]['probs'].argmax(1) == results[-1]['labels']).mean():.4f}", flush=True)
+    labels = results[0]["labels"]
+    n = len(labels)
+    if any(r["keys"] != results[0]["keys"] for r in results):
+        raise RuntimeError("levels disagree on the sample set; the shards are inconsistent")
+    probs = np.stack([r["probs"] for r in results])
+    levels = []
+    for level, r in enumerate(results):
+        lv = spec.ladder[level]
+        levels.append({"level": level, "name": lv.name, "tokens": lv.tokens,
+                       "accuracy": float((r["probs"].argmax(1) == labels).mean()),
+                       "ms_per_sample_batched": 1000 * r["seconds"] / n,
+                       "ms_latency_bs1": latency_level(model, shards, spec, level, strategy, LATENCY_SAMPLES)})
+    ref = levels[0]
+    order = cascade_order(len(spec.ladder))
+    tokens = [lv["tokens"] for lv in levels]
+    ms = [lv["ms_latency_bs1"] for lv in levels]
+    sweep = []
+    for t in cfg.thresholds:
+        preds, answered, tried = simulate_cascade(probs, order, [t] * len(levels))
+        acc = float((preds == labels).mean())
+        mean_tokens = float(cascade_cost(answered, order, tokens).mean())
+        mean_ms = float(cascade_cost(answered, order, ms).mean())
+        sweep.append({"threshold": t, "accuracy": acc, "accuracy_delta": acc - ref["accuracy"],
+                      "mean_tokens": mean_tokens, "token_ratio": mean_tokens / ref["tokens"],
+                      "mean_ms": mean_ms, "time_ratio": mean_ms / ref["ms_latency_bs1"],
+                      "mean_levels_tried": float(tried.mean()),
+                      "answered": {str(lv): float((answered == lv).mean()) for lv in range(len(levels))}})
+    chosen = choose_threshold(sweep, ref["accuracy"], DEFAULT_TOLERANCE)
+    report = {"checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split, "samples": n,
+              "strategy": strategy, "levels": levels, "cascade": sweep, "chosen": chosen,
+              "config": to_dict(cfg)}
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    _write_csv(out / "levels.csv", levels)
+    _write_csv(out / "cascade.csv", [{**{k: v for k, v in s.items() if k != "answered"},
+                                      **{f"answered_l{k}": v for k, v in s["answered"].items()}} for s in sweep])
+    plot(report, out / "cascade.png")
+    report["output"] = str(out)
+    return report
+
+
+def choose_threshold(sweep: list[dict[str, Any]], reference_accuracy: float, tolerance: float) -> dict[str, Any]:
+    """The cheapest sweep point within ``tolerance`` of level 0; the most accurate if none is."""
+    ok = [s for s in sweep if s["accuracy"] >= reference_accuracy - tolerance]
+    if ok:
+        return min(ok, key=lambda s: s["mean_tokens"])
+    return max(sweep, key=lambda s: s["accuracy"])
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against relative cost (tokens) for each level and the cascade sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = report["levels"][0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [lv["tokens"] / ref["tokens"] for lv in report["levels"]]
+    ax.plot(xs, [lv["accuracy"] for lv in report["levels"]], "o--", label="single level")
+    for lv, x in zip(report["levels"], xs):
+        ax.annotate(f"L{lv['level']}", (x, lv["accuracy"]), textcoords="offset points", xytext=(4, -10))
+    ax.plot([s["token_ratio"] for s in report["cascade"]], [s["accuracy"] for s in report["cascade"]],
+            "s-", label="cascade (threshold sweep)")
+    ax.set_xlabel("mean tokens relative to level 0")
+    ax.set_ylabel(f"{report['split']} accuracy")
+    ax.set_title(f"accuracy vs cost ({report['samples']} samples)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"{r['split']} set: {r['samples']} samples, positions {r['strategy']}",
+             f"{'level':<12}{'tokens':>7}{'accuracy':>10}{'ms/sample':>11}{'ms bs=1':>9}"]
+    for lv in r["levels"]:
+        lines.append(f"L{lv['level']} {lv['name']:<9}{lv['tokens']:>7}{lv['accuracy']:>10.4f}"
+                     f"{lv['ms_per_sample_batched']:>11.3f}{lv['ms_latency_bs1']:>9.2f}")
+    lines.append(f"{'threshold':<12}{'accuracy':>10}{'tokens':>8}{'x L0':>7}{'time x L0':>10}")
+    for s in r["cascade"]:
+        lines.append(f"{s['threshold']:<12}{s['accuracy']:>10.4f}{s['mean_tokens']:>8.1f}"
+                     f"{s['token_ratio']:>7.2f}{s['time_ratio']:>10.2f}")
+    c = r["chosen"]
+    lines.append(f"chosen threshold {c['threshold']}: accuracy {c['accuracy']:.4f} "
+                 f"({100 * c['accuracy_delta']:+.2f} pts vs L0) at {c['token_ratio']:.2f}x the tokens")
+    lines.append(f"wrote {r['output']}/{{eval.json, levels.csv, cascade.csv, cascade.png}}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The compression pipeline: modality compressors, sources, shard writing and the Ray job."""

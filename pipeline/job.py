@@ -1,0 +1,170 @@
+"""``icpc compress`` as a Ray job: Ray Data compresses every sample at every level; the driver streams shards.
+
+Runs embedded (``ray.init()`` on this machine) by default, against a cluster with ``--address``,
+and unchanged under ``ray job submit`` (which sets RAY_ADDRESS). Raw files must be readable at
+the same path from every worker node (a shared file system on a real cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from icpc.config import CompressConfig, to_dict
+from icpc.contract import SPLITS, Spec, encode_sample, tokens_member
+from pipeline.modalities import get_modality
+from pipeline.shards import (INDEX_FILE, MANIFEST_FILE, REJECTS_FILE, REJECTS_SCHEMA, ShardWriter,
+                             write_manifest, write_parquet)
+from pipeline.sources import scan_image_folder
+
+# Fraction of a CPU each Ray Data compression task reserves: leaves room for the driver, which
+# writes the shards, on a 2-core machine.
+TASK_CPUS = 0.5
+
+# One row per input: the record, the failure (if any) and the encoded members (none for a reject).
+RESULT_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("split", pa.string()), ("label", pa.int64()),
+    ("label_name", pa.string()), ("stage", pa.string()), ("error", pa.string()),
+    ("members", pa.list_(pa.struct([("name", pa.string()), ("data", pa.binary())]))),
+])
+
+
+def init_ray(address: str | None, num_cpus: float | None = None) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start an embedded Ray bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: int) -> pa.Table:
+    """Ray Data map_batches function: record rows in, encoded-sample rows (or reject rows) out."""
+    spec = Spec.from_json(spec_json)
+    compress = get_modality(spec.modality).compress
+    rows = []
+    for rec in batch.to_pylist():
+        row = {**rec, "stage": "", "error": "", "members": []}
+        try:
+            stage = "read"
+            size = os.path.getsize(rec["source"])
+            if size == 0:
+                raise ValueError("file is empty")
+            if size > max_input_bytes:
+                raise ValueError(f"file has {size} bytes, over max_input_bytes={max_input_bytes}")
+            with open(rec["source"], "rb") as f:
+                data = f.read()
+            stage = "compress"
+            levels = compress(data, spec)
+            meta = {"key": rec["key"], "source": rec["source"], "split": rec["split"],
+                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in levels]}
+            sample = encode_sample(rec["key"], rec["label"], levels, meta)
+            row["members"] = [{"name": k, "data": v} for k, v in sample.items() if k != "__key__"]
+        except Exception as exc:  # noqa: BLE001 - any failure of one sample is recorded, the job goes on
+            row["stage"], row["error"] = stage, f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the whole job; returns the summary (also printed by the CLI)."""
+    import ray
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    modality = get_modality(cfg.modality)
+    spec = modality.build_spec(getattr(cfg, cfg.modality))
+    out = _prepare_output(Path(cfg.output), cfg.overwrite)
+    records, rejects, classes = scan_image_folder(cfg.input, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+    reject_rows = [dataclasses.asdict(r) for r in rejects]
+    if not records:
+        raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(rejects)} rejected at scan)")
+
+    init_ray(cfg.address, cfg.num_cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # shards are reproducible run to run
+    ctx.enable_progress_bars = False               # one bar, the driver's, below
+    items = [dataclasses.asdict(r) for r in records]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 256)))
+    ds = ds.map_batches(compress_batch, fn_kwargs={"spec_json": spec.to_json(),
+                                                   "max_input_bytes": cfg.max_input_bytes},
+                        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
+
+    writers = {s: ShardWriter(out, s, cfg.shard_samples) for s in SPLITS}
+    index_rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), unit="sample", desc=f"compress {cfg.modality}", disable=not progress)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            bar.update()
+            if row["error"]:
+                reject_rows.append({k: row[k] for k in ("key", "source", "stage", "error")})
+                continue
+            sample = {"__key__": row["key"], **{m["name"]: m["data"] for m in row["members"]}}
+            shard = writers[row["split"]].write(sample)
+            index_rows.append(_index_row(row, sample, shard, len(spec.ladder)))
+    bar.close()
+
+    shards = [s for w in writers.values() for s in w.close()]
+    counts = {s: sum(sh["samples"] for sh in shards if sh["split"] == s) for s in SPLITS}
+    write_parquet(index_rows, out / INDEX_FILE)
+    write_parquet(reject_rows, out / REJECTS_FILE, REJECTS_SCHEMA)
+    write_manifest(out, spec, cfg.seed, to_dict(cfg), classes, shards, counts)
+    elapsed = time.perf_counter() - started
+    return {
+        "output": str(out),
+        "samples": len(index_rows),
+        "rejects": len(reject_rows),
+        "counts": counts,
+        "shards": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "seconds": elapsed,
+        "samples_per_s": (len(index_rows) + len(reject_rows)) / elapsed,
+        "ladder": [lv.name for lv in spec.ladder],
+        "tokens": [lv.tokens for lv in spec.ladder],
+    }
+
+
+def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str, n_levels: int) -> dict[str, Any]:
+    from icpc.contract import decode_npy
+
+    out = {"key": row["key"], "shard": shard, "split": row["split"], "label": row["label"],
+           "label_name": row["label_name"], "source": row["source"]}
+    for i in range(n_levels):
+        out[f"tokens_l{i}"] = len(decode_npy(sample[tokens_member(i)]))
+    out["bytes"] = sum(len(v) for k, v in sample.items() if k != "__key__")
+    return out
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse to mix with an earlier dataset unless ``overwrite``; drop stale temp files."""
+    if (out / MANIFEST_FILE).exists() or any(out.glob("*.tar")):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it "
+                                  f"or choose another --output")
+        for p in [*out.glob("*.tar"), out / INDEX_FILE, out / REJECTS_FILE, out / MANIFEST_FILE]:
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    return "\n".join([
+        f"compressed {s['samples']} samples ({counts}); {s['rejects']} rejected (see rejects.parquet)",
+        f"ladder {s['ladder']} -> tokens {s['tokens']}",
+        f"{s['shards']} shards, {s['bytes'] / 1e6:.1f} MB, in {s['seconds']:.1f} s "
+        f"({s['samples_per_s']:.0f} samples/s)",
+        f"wrote {s['output']}/{{*.tar, {INDEX_FILE}, {REJECTS_FILE}, {MANIFEST_FILE}}}",
+    ])

@@ -1,0 +1,144 @@
+"""Input sources: an ImageFolder scan into records, and the Fashion-MNIST demo set built from Debian's package."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from icpc.contract import SPLITS, sanitize_key, split_of
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+
+
+@dataclass
+class Record:
+    """One input sample before compression: where it is, which split and label it belongs to."""
+
+    key: str
+    source: str       # path of the raw file
+    split: str
+    label: int
+    label_name: str
+
+
+@dataclass
+class Reject:
+    key: str
+    source: str
+    stage: str        # scan, read, compress
+    error: str
+
+
+def scan_image_folder(root: str | os.PathLike, seed: int, val_fraction: float, test_fraction: float,
+                      limit: int = 0) -> tuple[list[Record], list[Reject], list[str]]:
+    """Records of an ImageFolder tree (``root/CLASS/FILE``, or ``root/SPLIT/CLASS/FILE``).
+
+    With ``train/`` (and optionally ``val/``, ``test/``) folders, those splits are kept apart; a
+    missing ``val/`` is carved from train by key hash (``val_fraction``). Without split folders,
+    val and test are both carved by hash. Files with unknown extensions and keys that collide
+    after sanitising become rejects (stage ``scan``). ``limit`` keeps the first N per split, in
+    sorted order. Returns (records, rejects, class names); label = index in class names.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input {str(root)!r} is not a folder; pass an ImageFolder root "
+                                f"(ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE)")
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if split_dirs and "train" not in split_dirs and "test" not in split_dirs:
+        raise ValueError(f"input {str(root)!r} has {sorted(split_dirs)} but neither train/ nor test/")
+    tops = split_dirs or {None: root}
+    classes = sorted({d.name for top in tops.values() for d in top.iterdir() if d.is_dir()})
+    if not classes:
+        raise ValueError(f"input {str(root)!r} has no class folders (expected ROOT/CLASS/IMAGE)")
+    records, rejects, seen = [], [], {}
+    for split_name, top in tops.items():
+        per_split: dict[str, int] = {}
+        for label, name in enumerate(classes):
+            folder = top / name
+            if not folder.is_dir():
+                continue
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                rel = str(path.relative_to(root))
+                key = sanitize_key(rel)
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    rejects.append(Reject(key, str(path), "scan", f"unsupported extension {path.suffix!r}; "
+                                          f"expected one of {sorted(IMAGE_EXTENSIONS)}"))
+                    continue
+                if key in seen:
+                    rejects.append(Reject(key, str(path), "scan", f"key collides with {seen[key]} after sanitising"))
+                    continue
+                seen[key] = str(path)
+                if split_name is None:
+                    split = split_of(key, seed, val_fraction, test_fraction)
+                elif split_name == "train" and "val" not in split_dirs:
+                    split = split_of(key, seed, val_fraction)
+                else:
+                    split = split_name
+                records.append(Record(key, str(path), split, label, name))
+    if limit:
+        counts: dict[str, int] = {}
+        kept = []
+        for r in records:
+            counts[r.split] = counts.get(r.split, 0) + 1
+            if counts[r.split] <= limit:
+                kept.append(r)
+        records = kept
+    return records, rejects, classes
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format: big-endian dims, then uint8 data)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def build_fashion_mnist(output: str | os.PathLike, train: int, test: int, seed: int = 0,
+                        source_dir: str = FASHION_MNIST_DIR) -> dict[str, int]:
+    """Write a class-balanced Fashion-MNIST subset as PNGs in ImageFolder layout (train/, test/).
+
+    ``train``/``test`` are sample counts (0 = all 60,000 / 10,000). The subset is a seeded
+    stratified draw, so two builds with the same arguments write identical files.
+    """
+    from PIL import Image
+
+    src = Path(source_dir)
+    if not (src / "train-images-idx3-ubyte.gz").exists():
+        raise FileNotFoundError(f"Fashion-MNIST not found in {src}; install it with "
+                                f"'apt-get install dataset-fashion-mnist' (Debian, MIT licence)")
+    counts = {}
+    for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
+        images = read_idx(src / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")
+        chosen = _balanced_subset(labels, n, seed)
+        for name in FASHION_MNIST_CLASSES:
+            (Path(output) / split / name).mkdir(parents=True, exist_ok=True)
+        for i in chosen:
+            path = Path(output) / split / FASHION_MNIST_CLASSES[labels[i]] / f"{prefix}_{i:05d}.png"
+            if not path.exists():
+                Image.fromarray(images[i], mode="L").save(path, optimize=False)
+        counts[split] = len(chosen)
+    return counts
+
+
+def _balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices, as equal per class as possible, drawn with ``seed``; all when n == 0."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per = [n // len(classes) + (c < n % len(classes)) for c in range(len(classes))]
+    picks = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, per)]
+    return np.sort(np.concatenate(picks))

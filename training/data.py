@@ -1,0 +1,146 @@
+"""The training stream: generator stages over samples, from this rank's shards to one-level batches.
+
+Every stage takes an iterator and returns one (the webdataset style), so each is testable on a
+plain list. The level of a sample in an epoch is ``draw_level(seed, epoch, key)``; which shards a
+rank reads is ``assign_shards(seed, epoch, rank, world)``: both pure, so a resumed run sees the
+stream it would have seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import warnings
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from icpc.contract import Spec, assign_shards, decode_sample, draw_level, positions_for, unit_hash
+
+
+def pick_levels(samples: Iterable[dict[str, Any]], seed: int, epoch: int, weights: Sequence[float]) -> Iterator[dict]:
+    """Raw webdataset samples -> decoded samples at their drawn level (only that level is decoded)."""
+    for raw in samples:
+        level = draw_level(seed, epoch, raw["__key__"], weights)
+        try:
+            sample = decode_sample(raw, [level])
+        except (KeyError, ValueError) as exc:  # a truncated shard's partial last sample
+            warnings.warn(f"skipping sample {raw.get('__key__')!r} of {raw.get('__url__')}: {exc}")
+            continue
+        tokens, positions = sample["levels"][level]
+        yield {"key": sample["key"], "label": sample["label"], "level": level, "tokens": tokens, "positions": positions}
+
+
+def fixed_level(samples: Iterable[dict[str, Any]], level: int) -> Iterator[dict]:
+    """Raw samples -> decoded samples at ``level`` (evaluation)."""
+    return pick_levels(samples, 0, 0, [0.0] * level + [1.0])
+
+
+def apply_strategy(samples: Iterable[dict[str, Any]], spec: Spec, strategy: str) -> Iterator[dict]:
+    """Replace the stored (consistent) positions by those of ``strategy`` (DESIGN contract 2)."""
+    for s in samples:
+        grid = spec.ladder[s["level"]].grid
+        s["positions"] = positions_for(strategy, spec.reference_grid, grid, s["positions"])
+        yield s
+
+
+def batch_by_level(samples: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict]:
+    """Group samples into batches of one level each (equal length at a level, no padding).
+
+    A batch is emitted as soon as its level has ``batch_size`` samples; the remainders are
+    flushed, one partial batch per level, when the stream ends.
+    """
+    buffers: dict[int, list[dict]] = {}
+    for s in samples:
+        buf = buffers.setdefault(s["level"], [])
+        buf.append(s)
+        if len(buf) == batch_size:
+            yield collate(buf)
+            buffers[s["level"]] = []
+    for level in sorted(buffers):
+        if buffers[level]:
+            yield collate(buffers[level])
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack same-level samples: tokens (B, N, ...), positions (B, N) int64, labels (B,).
+
+    Samples of one level have one length for grid modalities; for text they are right-padded
+    with 0 and ``padding_mask`` marks the padding (True = pad).
+    """
+    import torch
+
+    lengths = [len(s["tokens"]) for s in samples]
+    n = max(lengths)
+    tokens = np.stack([_pad(s["tokens"], n) for s in samples])
+    positions = np.stack([_pad(np.asarray(s["positions"], dtype=np.int64), n) for s in samples])
+    batch = {
+        "tokens": torch.from_numpy(tokens),
+        "positions": torch.from_numpy(positions),
+        "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "level": samples[0]["level"],
+        "keys": [s["key"] for s in samples],
+        "padding_mask": None,
+    }
+    if min(lengths) != n:
+        batch["padding_mask"] = torch.arange(n)[None, :] >= torch.tensor(lengths)[:, None]
+    return batch
+
+
+def _pad(array: np.ndarray, n: int) -> np.ndarray:
+    if len(array) == n:
+        return array
+    pad = [(0, n - len(array))] + [(0, 0)] * (array.ndim - 1)
+    return np.pad(array, pad)
+
+
+def steps_per_epoch(train_samples: int, world: int, batch_size: int) -> int:
+    """Batches every rank runs per epoch: one pass over the data, the same count on every rank."""
+    return max(1, train_samples // (world * batch_size))
+
+
+def shard_urls(shards: Sequence[str], seed: int, epoch: int, rank: int, world: int, repeat: int = 0) -> list[str]:
+    return [shards[i] for i in assign_shards(len(shards), seed, epoch, rank, world, repeat)]
+
+
+def raw_samples(urls: Sequence[str]) -> Iterator[dict]:
+    """Raw samples (member -> bytes) of ``urls`` in order, split across DataLoader workers.
+
+    The node split is already done (``shard_urls``), so the pipeline has no node splitter;
+    a truncated shard's partial last sample is dropped by ``decode_sample`` with a warning.
+    """
+    import webdataset as wds
+
+    return iter(wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_worker,
+                                 wds.tarfile_to_samples(handler=wds.warn_and_continue)))
+
+
+def train_batches(shards: Sequence[str], spec: Spec, *, seed: int, epoch: int, rank: int, world: int,
+                  batch_size: int, weights: Sequence[float], strategy: str, shuffle_buffer: int) -> Iterator[dict]:
+    """One rank's batches for ``epoch``; repeats its shards (next pass, new order) if it runs dry.
+
+    Use with ``itertools.islice(..., steps_per_epoch(...))`` so every rank runs the same count.
+    """
+    for rep in itertools.count():
+        urls = shard_urls(shards, seed, epoch, rank, world, rep)
+        rng = random.Random(int(unit_hash("shuffle", seed, epoch, rep, rank) * 2**32))
+        stream = shuffle(raw_samples(urls), shuffle_buffer, rng)
+        stream = apply_strategy(pick_levels(stream, seed, epoch, weights), spec, strategy)
+        yield from batch_by_level(stream, batch_size)
+
+
+def shuffle(samples: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    """webdataset's buffer shuffle with an explicit, seeded ``rng``."""
+    import webdataset as wds
+
+    return wds.shuffle(bufsize, initial=bufsize, rng=rng)(iter(samples))
+
+
+def eval_batches(shards: Sequence[str], spec: Spec, level: int, *, batch_size: int, strategy: str,
+                 rank: int = 0, world: int = 1, limit: int = 0) -> Iterator[dict]:
+    """All samples of ``shards`` at one level, in order; sample i goes to rank i % world."""
+    stream = raw_samples(shards)
+    if limit:
+        stream = itertools.islice(stream, limit)
+    stream = (s for i, s in enumerate(stream) if i % world == rank)
+    return batch_by_level(apply_strategy(fixed_level(stream, level), spec, strategy), batch_size)

@@ -1,0 +1,47 @@
+"""Who am I in the job: rank and world size from torchrun, Ray Train or nothing, and the process group."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a data-parallel job."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect_world(env: dict[str, str] | None = None) -> World:
+    """Read torchrun's (and Ray Train's, which sets the same variables) RANK/WORLD_SIZE/LOCAL_RANK."""
+    env = os.environ if env is None else env
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                 int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", 1))))
+
+
+def setup(world: World):
+    """Join the process group (nccl on GPU, gloo on CPU); returns the device to train on."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world.size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
