@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from icpc.contract import STRATEGIES
 from pipeline.image import ImageConfig
 
 
@@ -93,8 +94,6 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> list[str]:
-        from icpc.contract import STRATEGIES
-
         errors = self.model.validate()
         for name in ("epochs", "batch_size", "grad_accum", "shuffle_buffer"):
             if getattr(self, name) <= 0:
@@ -132,6 +131,8 @@ class EvalConfig:
             errors.append(f"thresholds={self.thresholds}: must lie in [0, 1]")
         if self.batch_size <= 0:
             errors.append(f"batch_size={self.batch_size}: must be positive")
+        if self.strategy and self.strategy not in STRATEGIES:
+            errors.append(f"strategy={self.strategy!r}: choose one of {STRATEGIES} (or '' for the trained one)")
         return errors
 
 
@@ -159,6 +160,9 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> list[str]:
             hints = typing.get_type_hints(type(target))
             if names[-1] not in hints:
                 raise KeyError(f"--set {path}: unknown key {names[-1]!r}; known: {sorted(hints)}")
+            if dataclasses.is_dataclass(hints[names[-1]]):
+                raise ValueError(f"--set {path}: {path!r} is a section; set one of its fields, "
+                                 f"e.g. {path}.{dataclasses.fields(hints[names[-1]])[0].name}=...")
             setattr(target, names[-1], _coerce(text, hints[names[-1]], path))
         except (KeyError, ValueError) as exc:
             errors.append(str(exc).strip('"'))

@@ -62,7 +62,7 @@ def sanitize_key(raw: str) -> str:
 
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise ValueError(f"sample key {key!r} must match {_KEY_RE.pattern} (no dots); use sanitize_key()")
     return key
 
@@ -152,8 +152,9 @@ def check_spec(expected: Spec, found: Spec, what: str) -> None:
 
 def _cell_centres(level_n: int, ref_n: int) -> np.ndarray:
     """Reference-grid cell (along one axis) containing the centre of each of ``level_n`` cells."""
-    centres = (np.arange(level_n) + 0.5) * (ref_n / level_n)
-    return np.minimum(np.floor(centres).astype(np.int64), ref_n - 1)
+    # floor((i + 1/2) * ref_n / level_n) in exact integer arithmetic: a centre that lies exactly on
+    # a cell edge (ref 26, level 23, i = 11 -> 13.0) must not round down to the cell before it.
+    return np.minimum((2 * np.arange(level_n) + 1) * ref_n // (2 * level_n), ref_n - 1)
 
 
 def consistent_positions(reference_grid: Sequence[int], level_grid: Sequence[int]) -> np.ndarray:

@@ -49,6 +49,7 @@ def simulate_cascade(probs: np.ndarray, order: Sequence[int], thresholds: Sequen
 
     Returns (predicted label (n,), answering level (n,), number of levels tried (n,)).
     """
+    probs = np.asarray(probs, dtype=np.float64)  # compare as run_cascade does (float64), ties included
     n = probs.shape[1]
     answered = np.full(n, -1)
     tried = np.zeros(n, dtype=int)

@@ -36,7 +36,7 @@ RESULT_SCHEMA = pa.schema([
 
 
 def init_ray(address: str | None, num_cpus: float | None = None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), else start an embedded Ray bound to 127.0.0.1."""
+    """Connect to ``address`` (or RAY_ADDRESS, set by ``ray job submit``), else start an embedded Ray."""
     import ray
 
     if ray.is_initialized():
@@ -44,8 +44,11 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
+        # address="local": always a fresh embedded instance, never a stray cluster found in /tmp/ray.
+        # No dashboard, so no unauthenticated job API; Ray 2.60 turns token auth on for the rest
+        # unless RAY_AUTH_MODE says otherwise.
+        ray.init(address="local", num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False,
+                 log_to_driver=False)
 
 
 def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: int) -> pa.Table:

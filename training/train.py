@@ -87,8 +87,11 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(_python_rng(state["rng"]["python"]))
+        if len(state["rng"]) == world.size:  # same world: every rank continues its own RNG stream
+            torch.set_rng_state(state["rng"][world.rank]["torch"])
+            random.setstate(_python_rng(state["rng"][world.rank]["python"]))
+    else:
+        torch.manual_seed(cfg.seed + 7919 * (world.rank + 1))  # per-rank dropout streams
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     writer = _tensorboard(out) if world.is_main else None
@@ -130,6 +133,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
             bar.set_postfix(loss=f"{loss.item():.3f}", level=batch["level"])
         bar.close()
         epoch_seconds = time.perf_counter() - t0
+        _log_rank(out, world, {"epoch": epoch + 1, "steps_run": i + 1, "samples": totals["samples"]})
         totals = _all_reduce(totals, device)
         levels_seen = [int(x) for x in _all_reduce(dict(enumerate(levels_seen)), device).values()]
         val = evaluate_split(model, val_shards, spec, cfg, world, device) if val_shards else {}
@@ -140,11 +144,12 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
                "lr": scheduler.get_last_lr()[0], "epoch_seconds": epoch_seconds,
                "samples": int(totals["samples"]), "tokens": int(totals["tokens"]),
                "levels": "/".join(map(str, levels_seen))}
+        rng = _gather({"torch": torch.get_rng_state(), "python": random.getstate()}, world)
         if world.is_main:
             save_checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "rng": rng,
                 "config": to_dict(cfg), "spec": spec.to_json(), "classes": manifest["classes"],
                 "data": str(Path(cfg.data).resolve()), "world_size": world.size,
             }, out, epoch + 1)
@@ -191,6 +196,25 @@ def _all_reduce(values: dict, device: torch.device) -> dict:
     t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(values, t.tolist()))
+
+
+def _gather(obj: Any, world: World) -> list[Any]:
+    """``obj`` of every rank, in rank order (on every rank)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _log_rank(out: Path, world: World, record: dict[str, Any]) -> None:
+    """Each rank appends what it actually ran to ranks/rank-R.jsonl (checks equal step counts)."""
+    folder = out / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"rank-{world.rank}.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _python_rng(state: Any) -> tuple:

@@ -1,0 +1,70 @@
+"""The same compress entry point submitted with ``ray job submit`` to a local ``ray start --head`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A separate Ray head (its own process group, killed at the end) with the job API on 127.0.0.1."""
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                             "--include-dashboard=true", "--disable-usage-stats"],
+                            env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 180
+    while time.time() < deadline:  # the job API answers before its agent can take jobs: probe with a no-op job
+        probe = subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
+                               capture_output=True)
+        if probe.returncode == 0:
+            break
+        assert head.poll() is None, (tmp_path / "head.log").read_text()
+        time.sleep(2)
+    else:
+        pytest.fail("ray head took no job in 180 s:\n" + (tmp_path / "head.log").read_text())
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_compress_runs_unchanged_under_ray_job_submit(ray_head, image_folder, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "data"
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--", sys.executable, "-m", "icpc.cli", "compress",
+         "--modality", "image", "--input", str(image_folder), "--output", str(out), "--shard-samples", "100",
+         "--limit", "50"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "succeeded" in proc.stdout and "compressed" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["test"] == 50
+    index = pq.read_table(out / "index.parquet")
+    assert index.num_rows == sum(manifest["counts"].values())

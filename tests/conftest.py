@@ -1,0 +1,84 @@
+"""Shared fixtures: a small real Fashion-MNIST ImageFolder (with broken files), a local Ray, its compressed shards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Ray 2.60 turns token auth on after the first ray.init() unless the mode is set explicitly;
+# tests bind everything to 127.0.0.1 and run with auth off.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES, TEST_IMAGES = 600, 200
+BROKEN = {  # file name -> bytes; each must land in the rejects table
+    "truncated.png": None,        # filled from a real PNG, cut in half
+    "empty.png": b"",
+    "notes.txt": b"not an image",
+}
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """A class-balanced Fashion-MNIST subset as PNGs, plus three broken files in train/Bag/."""
+    from pipeline.sources import build_fashion_mnist
+
+    root = tmp_path_factory.mktemp("fmnist")
+    build_fashion_mnist(root, TRAIN_IMAGES, TEST_IMAGES, seed=0)
+    bag = root / "train" / "Bag"
+    good = next(bag.glob("*.png")).read_bytes()
+    for name, data in BROKEN.items():
+        (bag / name).write_bytes(good[: len(good) // 2] if data is None else data)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def compressed(image_folder, ray_local, tmp_path_factory) -> Path:
+    """``icpc compress`` output for ``image_folder`` (28,24,20,16,12 px; 4 px patches)."""
+    from icpc.config import CompressConfig, finalize
+    from pipeline.job import run_compress
+
+    out = tmp_path_factory.mktemp("data")
+    run_compress(finalize(CompressConfig(input=str(image_folder), output=str(out), shard_samples=100,
+                                         overwrite=True)), progress=False)
+    return out
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m icpc.cli ARGS`` in a fresh process; fails the test with its output on error."""
+    proc = subprocess.run([sys.executable, "-m", "icpc.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, f"icpc {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+TRAIN_ARGS = ["--batch-size", "16", "--lr", "3e-3", "--set", "model.dim=64", "--set", "model.depth=2",
+              "--set", "shuffle_buffer=200", "--set", "threads=1"]
+
+
+def train_ddp(data: Path, out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
+    """``icpc train`` with two gloo processes under torchrun, sized for tests."""
+    return run_cli("train", "--nproc-per-node", "2", "--data", str(data), "--output", str(out),
+                   "--epochs", str(epochs), *TRAIN_ARGS, *extra)
+
+
+@pytest.fixture(scope="session")
+def straight_run(compressed, tmp_path_factory) -> Path:
+    """A 3-epoch two-process ICPC training run on ``compressed`` (shared by training and inference tests)."""
+    out = tmp_path_factory.mktemp("icpc")
+    train_ddp(compressed, out, 3)
+    return out
