@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="output folder of icpc compress")
     p.add_argument("--output", help="folder for checkpoints, metrics.csv, TensorBoard logs")
     p.add_argument("--epochs", type=int, help="epochs (default 5)")
-    p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 64)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     p.add_argument("--baseline", action="store_true", help="always use level 0 (the A/B reference)")
     p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
                    help="position strategy (default consistent)")
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="Fashion-MNIST end to end: build, compress, train ICPC + baseline, evaluate")
     p.add_argument("--modality", default="image", choices=["image"], help="which modality's demo")
     p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--train", type=int, default=10000, help="training images (class-balanced subset)")
+    p.add_argument("--train", type=int, default=20000, help="training images (class-balanced subset)")
     p.add_argument("--test", type=int, default=2000, help="test images")
-    p.add_argument("--epochs", type=int, default=6, help="epochs for each of ICPC and the baseline")
+    p.add_argument("--epochs", type=int, default=8, help="epochs for each of ICPC and the baseline")
     p.add_argument("--nproc-per-node", type=int, default=2, help="DDP processes (gloo on CPU)")
     return parser
 

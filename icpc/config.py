@@ -57,7 +57,7 @@ class ModelConfig:
     depth: int = 4                    # encoder blocks
     heads: int = 4                    # attention heads (dim % heads == 0)
     mlp_ratio: float = 2.0            # MLP hidden width = mlp_ratio * dim
-    dropout: float = 0.1
+    dropout: float = 0.0              # compression levels already regularise (ICPC's point)
 
     def validate(self) -> list[str]:
         errors = []
@@ -77,9 +77,9 @@ class TrainConfig:
     data: str = "runs/data"           # output folder of `icpc compress`
     output: str = "runs/train"        # checkpoints, metrics.csv, TensorBoard logs, config.json
     epochs: int = 5
-    batch_size: int = 128             # per rank and micro-step
+    batch_size: int = 64              # per rank and micro-step
     grad_accum: int = 1               # micro-steps per optimizer step
-    lr: float = 1e-3                  # peak learning rate after warmup
+    lr: float = 3e-3                  # peak learning rate after warmup
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05     # of all optimizer steps
     seed: int = 0                     # drives level draws, shuffling and shard assignment
@@ -118,7 +118,7 @@ class EvalConfig:
     split: str = "test"
     output: str = ""                  # "" = <checkpoint folder>/eval
     batch_size: int = 256
-    thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
     strategy: str = ""                # "" = the strategy the checkpoint was trained with
     threads: int = 0                  # torch threads; 0 = all cores
     limit: int = 0                    # evaluate at most this many samples (0 = all)

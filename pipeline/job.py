@@ -8,6 +8,7 @@ the same path from every worker node (a shared file system on a real cluster).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from icpc.config import CompressConfig, to_dict
-from icpc.contract import SPLITS, Spec, encode_sample, tokens_member
+from icpc.contract import META_MEMBER, SPLITS, Spec, encode_sample
 from pipeline.modalities import get_modality
 from pipeline.shards import (INDEX_FILE, MANIFEST_FILE, REJECTS_FILE, REJECTS_SCHEMA, ShardWriter,
                              write_manifest, write_parquet)
@@ -114,7 +115,7 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             sample = {"__key__": row["key"], **{m["name"]: m["data"] for m in row["members"]}}
             shard = writers[row["split"]].write(sample)
-            index_rows.append(_index_row(row, sample, shard, len(spec.ladder)))
+            index_rows.append(_index_row(row, sample, shard))
     bar.close()
 
     shards = [s for w in writers.values() for s in w.close()]
@@ -137,13 +138,11 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     }
 
 
-def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str, n_levels: int) -> dict[str, Any]:
-    from icpc.contract import decode_npy
-
+def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str) -> dict[str, Any]:
     out = {"key": row["key"], "shard": shard, "split": row["split"], "label": row["label"],
            "label_name": row["label_name"], "source": row["source"]}
-    for i in range(n_levels):
-        out[f"tokens_l{i}"] = len(decode_npy(sample[tokens_member(i)]))
+    for i, n in enumerate(json.loads(sample[META_MEMBER])["tokens"]):
+        out[f"tokens_l{i}"] = n
     out["bytes"] = sum(len(v) for k, v in sample.items() if k != "__key__")
     return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icpc.contract import SPLITS, sanitize_key, split_of
+from icpc.contract import SPLITS, sanitize_key, split_of, unit_hash
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -44,8 +44,10 @@ def scan_image_folder(root: str | os.PathLike, seed: int, val_fraction: float, t
     With ``train/`` (and optionally ``val/``, ``test/``) folders, those splits are kept apart; a
     missing ``val/`` is carved from train by key hash (``val_fraction``). Without split folders,
     val and test are both carved by hash. Files with unknown extensions and keys that collide
-    after sanitising become rejects (stage ``scan``). ``limit`` keeps the first N per split, in
-    sorted order. Returns (records, rejects, class names); label = index in class names.
+    after sanitising become rejects (stage ``scan``). Records come in a seeded random order, so
+    every shard mixes classes (a folder-ordered shard would feed the trainer's shuffle buffer one
+    class at a time); ``limit`` keeps the first N per split of that order, a random subset.
+    Returns (records, rejects, class names); label = index in class names.
     """
     root = Path(root)
     if not root.is_dir():
@@ -83,6 +85,7 @@ def scan_image_folder(root: str | os.PathLike, seed: int, val_fraction: float, t
                 else:
                     split = split_name
                 records.append(Record(key, str(path), split, label, name))
+    records = shuffled(records, seed)
     if limit:
         counts: dict[str, int] = {}
         kept = []
@@ -92,6 +95,11 @@ def scan_image_folder(root: str | os.PathLike, seed: int, val_fraction: float, t
                 kept.append(r)
         records = kept
     return records, rejects, classes
+
+
+def shuffled(records: list[Record], seed: int) -> list[Record]:
+    """``records`` in an order that depends only on ``seed`` and their keys (not on scan order)."""
+    return sorted(records, key=lambda r: unit_hash("order", seed, r.key))
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
