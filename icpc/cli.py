@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from icpc.config import CompressConfig, ConfigError, EvalConfig, TrainConfig, finalize, to_dict
+from icpc.demo import DATASETS, DEMOS
 
 SET_HELP = "override any config field, e.g. --set image.sides=28,20,12 (repeatable; unknown keys are errors)"
 
@@ -30,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="build a demo data set from a Debian package (offline)")
-    p.add_argument("name", choices=["fashion-mnist"], help="which data set")
-    p.add_argument("--output", required=True, help="folder to write (ImageFolder layout: train/ test/)")
-    p.add_argument("--train", type=int, default=0, help="training samples, class-balanced (0 = all 60,000)")
-    p.add_argument("--test", type=int, default=0, help="test samples, class-balanced (0 = all 10,000)")
+    p.add_argument("name", choices=sorted(DATASETS), help="which data set")
+    p.add_argument("--output", required=True, help="folder to write (in a layout icpc compress reads)")
+    p.add_argument("--train", type=int, default=0, help="training samples (0 = the data set's default or all)")
+    p.add_argument("--test", type=int, default=0, help="test samples (0 = the data set's default or all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
 
     p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
@@ -70,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate with another position strategy than the one trained with")
     _add_set(p)
 
-    p = sub.add_parser("demo", help="Fashion-MNIST end to end: build, compress, train ICPC + baseline, evaluate")
-    p.add_argument("--modality", default="image", choices=["image"], help="which modality's demo")
+    p = sub.add_parser("demo", help="one modality end to end: build data, compress, train ICPC + baseline, evaluate")
+    p.add_argument("--modality", default="image", choices=sorted(DEMOS), help="which modality's demo")
     p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--train", type=int, default=20000, help="training images (class-balanced subset)")
-    p.add_argument("--test", type=int, default=2000, help="test images")
-    p.add_argument("--epochs", type=int, default=8, help="epochs for each of ICPC and the baseline")
+    p.add_argument("--train", type=int, default=0, help="training samples (default: the modality's, e.g. 20000 images)")
+    p.add_argument("--test", type=int, default=0, help="test samples (default: the modality's)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs for each of ICPC and the baseline (default 8)")
     p.add_argument("--nproc-per-node", type=int, default=2, help="DDP processes (gloo on CPU)")
     return parser
 
@@ -152,10 +154,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from pipeline.sources import build_fashion_mnist
-
-    counts = build_fashion_mnist(args.output, args.train, args.test, args.seed)
-    print(f"wrote Fashion-MNIST {counts} as PNG to {args.output}/{{train,test}}/CLASS/")
+    counts = DATASETS[args.name](Path(args.output), args.train, args.test, args.seed)
+    print(f"wrote {args.name} {counts} to {args.output}")
     return 0
 
 

@@ -1,8 +1,9 @@
-"""``icpc demo``: Fashion-MNIST end to end, ICPC against the level-0 baseline, on this machine.
+"""``icpc demo``: one modality end to end, ICPC against the level-0 baseline, on this machine.
 
-Builds a class-balanced subset from Debian's dataset-fashion-mnist, compresses it with a Ray job,
-trains ICPC and the baseline with two-process DDP (torchrun, gloo), evaluates both and prints a
-comparison table. Everything lands under ``--workdir``.
+Builds the modality's demo data set offline (image: a class-balanced Fashion-MNIST subset from
+Debian's dataset-fashion-mnist), compresses it with a Ray job, trains ICPC and the baseline with
+two-process DDP (torchrun, gloo), evaluates both and prints a comparison table. Everything lands
+under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,46 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from icpc.config import CompressConfig, EvalConfig, finalize
+
+
+# name -> builder(output folder, train samples, test samples, seed) -> {split: count}; each builds
+# a demo data set offline from Debian/PyPI packages, in the layout `icpc compress` reads.
+DatasetBuilder = Callable[[Path, int, int, int], dict[str, int]]
+
+
+def _fashion_mnist(output: Path, train: int, test: int, seed: int) -> dict[str, int]:
+    from pipeline.sources import build_fashion_mnist
+
+    return build_fashion_mnist(output, train, test, seed)
+
+
+DATASETS: dict[str, DatasetBuilder] = {
+    "fashion-mnist": _fashion_mnist,
+}
+
+
+@dataclass(frozen=True)
+class Demo:
+    """How one modality's demo runs: build its data set, then the shared compress/train/evaluate path."""
+
+    dataset: str                                # a DATASETS name; built into WORKDIR/<dataset>
+    input_name: str = ""                        # what to pass as --input, relative to that folder ("" = the folder)
+    train: int = 0                              # default training samples
+    test: int = 0                               # default test samples
+    epochs: int = 8
+    compress_sets: tuple[str, ...] = ()         # --set overrides for icpc compress
+    train_sets: tuple[str, ...] = ()            # --set overrides for icpc train
+    shard_samples: int = 250
+
+
+DEMOS: dict[str, Demo] = {
+    "image": Demo("fashion-mnist", train=20000, test=2000, epochs=8),
+}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -23,8 +60,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from icpc.cli import launch_torchrun
     from inference.evaluate import evaluate, format_report
     from pipeline.job import format_summary, run_compress
-    from pipeline.sources import build_fashion_mnist
 
+    demo = DEMOS[args.modality]
     work = Path(args.workdir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -33,21 +70,24 @@ def run_demo(args: argparse.Namespace) -> int:
         timings[name] = time.perf_counter()
         print(f"\n== {name} ==", flush=True)
 
-    stage("build Fashion-MNIST subset")
-    counts = build_fashion_mnist(work / "fashion-mnist", args.train, args.test, seed=0)
-    print(f"{counts} images in {work / 'fashion-mnist'}")
+    stage(f"build the {args.modality} demo data set ({demo.dataset})")
+    train, test, epochs = args.train or demo.train, args.test or demo.test, args.epochs or demo.epochs
+    counts = DATASETS[demo.dataset](work / demo.dataset, train, test, 0)
+    raw = work / demo.dataset / demo.input_name if demo.input_name else work / demo.dataset
+    print(f"{counts} samples in {work / demo.dataset}")
 
     stage("compress (Ray job)")
-    cfg = finalize(CompressConfig(modality="image", input=str(work / "fashion-mnist"), output=str(work / "data"),
-                                  overwrite=True, shard_samples=250))
+    cfg = finalize(CompressConfig(modality=args.modality, input=str(raw), output=str(work / "data"),
+                                  overwrite=True, shard_samples=demo.shard_samples), demo.compress_sets)
     print(format_summary(run_compress(cfg)))
     ray.shutdown()  # give the cores back to the trainers
 
-    runs = {"icpc": [], "baseline": ["--baseline"]}
+    common = [x for kv in demo.train_sets for x in ("--set", kv)]
+    runs = {"icpc": common, "baseline": ["--baseline", *common]}
     for name, extra in runs.items():
         stage(f"train {name} ({args.nproc_per_node}-process DDP)")
         rc = launch_torchrun(args.nproc_per_node, ["train", "--data", str(work / "data"), "--output",
-                                                   str(work / name), "--epochs", str(args.epochs), *extra])
+                                                   str(work / name), "--epochs", str(epochs), *extra])
         if rc:
             print(f"training {name} failed (exit {rc})")
             return rc

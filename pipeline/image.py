@@ -12,6 +12,7 @@ from icpc.contract import Level, Spec, consistent_positions
 # Decoded images larger than this many pixels are refused before the full decode (PIL would
 # otherwise allocate width x height x channels bytes for a hostile header).
 MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 
 
 @dataclass

@@ -22,7 +22,6 @@ from icpc.contract import META_MEMBER, SPLITS, Spec, encode_sample
 from pipeline.modalities import get_modality
 from pipeline.shards import (INDEX_FILE, MANIFEST_FILE, REJECTS_FILE, REJECTS_SCHEMA, ShardWriter,
                              write_manifest, write_parquet)
-from pipeline.sources import scan_image_folder
 
 # Fraction of a CPU each Ray Data compression task reserves: leaves room for the driver, which
 # writes the shards, on a 2-core machine.
@@ -58,16 +57,11 @@ def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: 
     compress = get_modality(spec.modality).compress
     rows = []
     for rec in batch.to_pylist():
+        payload = rec.pop("payload", None)
         row = {**rec, "stage": "", "error": "", "members": []}
         try:
             stage = "read"
-            size = os.path.getsize(rec["source"])
-            if size == 0:
-                raise ValueError("file is empty")
-            if size > max_input_bytes:
-                raise ValueError(f"file has {size} bytes, over max_input_bytes={max_input_bytes}")
-            with open(rec["source"], "rb") as f:
-                data = f.read()
+            data = payload if payload is not None else read_input(rec["source"], max_input_bytes)
             stage = "compress"
             levels = compress(data, spec)
             meta = {"key": rec["key"], "source": rec["source"], "split": rec["split"],
@@ -80,6 +74,17 @@ def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: 
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
+def read_input(path: str, max_bytes: int) -> bytes:
+    """The bytes of one input file, refusing empty and oversized files before reading them."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError("file is empty")
+    if size > max_bytes:
+        raise ValueError(f"file has {size} bytes, over max_input_bytes={max_bytes}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole job; returns the summary (also printed by the CLI)."""
     import ray
@@ -87,14 +92,17 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     modality = get_modality(cfg.modality)
-    spec = modality.build_spec(getattr(cfg, cfg.modality))
     out = _prepare_output(Path(cfg.output), cfg.overwrite)
-    records, rejects, classes = scan_image_folder(cfg.input, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+    records, rejects, classes = modality.scan(cfg)
     reject_rows = [dataclasses.asdict(r) for r in rejects]
     if not records:
         raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(rejects)} rejected at scan)")
 
     init_ray(cfg.address, cfg.num_cpus)
+    if modality.prepare is not None:
+        spec = modality.prepare(getattr(cfg, cfg.modality), [r for r in records if r.split == "train"], out)
+    else:
+        spec = modality.build_spec(getattr(cfg, cfg.modality))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # shards are reproducible run to run
     ctx.enable_progress_bars = False               # one bar, the driver's, below

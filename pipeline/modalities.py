@@ -3,26 +3,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from icpc.contract import Spec
 from pipeline import image
+from pipeline.sources import Record, Reject, scan_class_folders, scan_path_csv
 
 # compress(payload, spec) -> [(tokens (N_i, ...), positions int32 (N_i,)) for each level]
 Compressor = Callable[[bytes, Spec], list[tuple[np.ndarray, np.ndarray]]]
 
 
+# scan(compress_config) -> (records, rejects, class names): what to compress, and what cannot be
+Scanner = Callable[[Any], tuple[list[Record], list[Reject], list[str]]]
+
+
 @dataclass(frozen=True)
 class Modality:
+    """Everything the pipeline needs to know about one modality.
+
+    config_type: the dataclass of its ladder/tokenization settings (a field of CompressConfig
+        named after the modality).
+    build_spec: settings -> Spec (ladder, reference grid, tokenization).
+    compress: the one compressor signature, shared by the Ray job and the server.
+    scan: the input reader.
+    prepare: optional pass over the training records before compression (e.g. corpus IDF or a
+        vocabulary) that returns the Spec instead of build_spec; it may write side files into
+        the output folder and name them in ``spec.tokenization``.
+    """
+
     config_type: type
     build_spec: Callable[[Any], Spec]
     compress: Compressor
+    scan: Scanner
+    prepare: Callable[[Any, list[Record], Path], Spec] | None = None
+
+
+def _scan_images(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
+    args = (image.IMAGE_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
+        return scan_path_csv(cfg.input, *args)
+    return scan_class_folders(cfg.input, *args)
 
 
 MODALITIES: dict[str, Modality] = {
-    "image": Modality(image.ImageConfig, image.build_spec, image.compress),
+    "image": Modality(image.ImageConfig, image.build_spec, image.compress, _scan_images),
 }
 
 
