@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--nproc-per-node", type=int, default=0,
                    help="launch this many processes with torchrun (default: run as launched)")
+    p.add_argument("--ray-workers", type=int, default=0,
+                   help="launch this many workers with Ray Train instead of torchrun")
+    p.add_argument("--address", help="Ray address for --ray-workers (default: embedded Ray)")
+    p.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs each Ray Train worker reserves")
     _add_set(p)
 
     p = sub.add_parser("evaluate", help="accuracy/time per level and the cascade over a threshold sweep")
@@ -110,6 +114,15 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
                                       "strategy": "strategy", "resume": "resume"})
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    if args.nproc_per_node and args.ray_workers:
+        raise ValueError("--nproc-per-node (torchrun) and --ray-workers (Ray Train) exclude each other; pick one")
+    if args.ray_workers:
+        import torch
+
+        from training.ray_train import run_ray_train
+
+        run_ray_train(cfg, args.ray_workers, args.address, torch.cuda.is_available(), args.ray_cpus_per_worker)
         return 0
     if args.nproc_per_node and "RANK" not in os.environ:
         return launch_torchrun(args.nproc_per_node, _without_nproc(argv))

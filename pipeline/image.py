@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -73,11 +74,12 @@ def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
     return (pixels.reshape(gh, patch, gw, patch, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, patch * patch * c))
 
 
-def compress(data: bytes, spec: Spec) -> list[tuple[np.ndarray, np.ndarray]]:
+def compress(data: bytes, spec: Spec, levels: Sequence[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Encoded image -> [(patches uint8 (N_i, p*p*C), positions int32 (N_i,))] for every level.
 
     Each level is the centred square resized from the original (not from the previous level)
     with antialiasing, so level i looks like a camera of ``side_i`` px would have seen it.
+    ``levels`` computes only those levels, in that order (the server's cascade); None = all.
     """
     from PIL import Image
 
@@ -86,7 +88,7 @@ def compress(data: bytes, spec: Spec) -> list[tuple[np.ndarray, np.ndarray]]:
     if square.size[0] < 1:
         raise ValueError("image is empty")
     out = []
-    for level in spec.ladder:
+    for level in (spec.ladder if levels is None else [spec.ladder[i] for i in levels]):
         side = int(level.params["side"])
         resized = square.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=None)
         pixels = np.asarray(resized, dtype=np.uint8).reshape(side, side, channels)

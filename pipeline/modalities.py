@@ -12,8 +12,10 @@ from icpc.contract import Spec
 from pipeline import image
 from pipeline.sources import Record, Reject, scan_class_folders, scan_path_csv
 
-# compress(payload, spec) -> [(tokens (N_i, ...), positions int32 (N_i,)) for each level]
-Compressor = Callable[[bytes, Spec], list[tuple[np.ndarray, np.ndarray]]]
+# compress(payload, spec, levels=None) -> [(tokens (N_i, ...), positions int32 (N_i,)) for each level];
+# ``levels`` (optional) computes only those levels, in that order: the server's cascade asks for one
+# level at a time. None = every level of the ladder (the pipeline).
+Compressor = Callable[..., list[tuple[np.ndarray, np.ndarray]]]
 
 
 # scan(compress_config) -> (records, rejects, class names): what to compress, and what cannot be

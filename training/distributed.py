@@ -28,16 +28,20 @@ def detect_world(env: dict[str, str] | None = None) -> World:
 
 
 def setup(world: World):
-    """Join the process group (nccl on GPU, gloo on CPU); returns the device to train on."""
+    """Join the process group (nccl on GPU, gloo on CPU) unless a launcher (Ray Train) already did.
+
+    Returns (device to train on, whether this call created the group and so must destroy it).
+    """
     import torch
     import torch.distributed as dist
 
     device = torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world.size > 1 and not dist.is_initialized():
+    owns_group = world.size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
+    return device, owns_group
 
 
 def teardown() -> None:

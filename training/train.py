@@ -55,7 +55,7 @@ def save_checkpoint(state: dict[str, Any], folder: Path, epoch: int) -> None:
 
 def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, Any]:
     """Train on ``cfg.data``; returns the last epoch's metrics (rank 0 also writes them)."""
-    device = setup(world)
+    device, owns_group = setup(world)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     manifest = read_manifest(cfg.data)
     spec = Spec.from_json(manifest["spec"])
@@ -162,7 +162,8 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
     if writer:
         writer.close()
         print(f"wrote {out}/{{{CHECKPOINT}, {METRICS}, config.json, tb/}}", flush=True)
-    teardown()
+    if owns_group:
+        teardown()
     return row
 
 
