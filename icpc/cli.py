@@ -4,6 +4,8 @@
     icpc compress --modality image --input data/fmnist --output runs/data
     icpc train --nproc-per-node 2 --data runs/data --output runs/icpc
     icpc evaluate --checkpoint runs/icpc/last.pt
+    icpc calibrate --checkpoint runs/icpc/last.pt   # per-level thresholds -> runs/icpc/thresholds.json
+    icpc serve --checkpoint runs/icpc/last.pt       # HTTP cascade on http://127.0.0.1:8000
     icpc demo                       # all of the above on Fashion-MNIST, ICPC vs baseline
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from icpc.config import CompressConfig, ConfigError, EvalConfig, TrainConfig, finalize, to_dict
 from icpc.demo import DATASETS, DEMOS
+from pipeline.modalities import MODALITIES
 
 SET_HELP = "override any config field, e.g. --set image.sides=28,20,12 (repeatable; unknown keys are errors)"
 
@@ -39,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
 
     p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
-    p.add_argument("--modality", default="image", help="image (text, video, audio as they land)")
-    p.add_argument("--input", help="dataset root (ImageFolder: ROOT/CLASS/IMG or ROOT/{train,val,test}/CLASS/IMG)")
+    p.add_argument("--modality", default="image", choices=sorted(MODALITIES), help="what the input holds")
+    p.add_argument("--input", help="image/video/audio: ROOT/CLASS/FILE, ROOT/{train,val,test}/CLASS/FILE or a "
+                   "CSV of path,label[,split]; text: a CSV/JSONL/Parquet table (or a folder of train/val/test tables)")
     p.add_argument("--output", help="folder for shards, index.parquet, rejects.parquet, manifest.json")
     p.add_argument("--address", help="Ray cluster address (default: embedded Ray, or RAY_ADDRESS under ray job submit)")
     p.add_argument("--shard-samples", type=int, help="samples per shard (default 500)")
@@ -74,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="report folder (default CHECKPOINT_DIR/eval)")
     p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
                    help="evaluate with another position strategy than the one trained with")
+    _add_set(p)
+
+    p = sub.add_parser("calibrate", help="per-level cascade thresholds for an accuracy target at the lowest cost")
+    p.add_argument("--checkpoint", help="checkpoint to calibrate (default runs/train/last.pt)")
+    p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", help="held-out split the thresholds are chosen on (default val)")
+    p.add_argument("--tolerance", type=float, help="accuracy the cascade may lose vs level 0 (default 0.003 = 0.3 pts)")
+    p.add_argument("--cost", choices=["ms", "tokens"], help="per-level cost: measured ms (default) or tokens")
+    p.add_argument("--output", help="folder for thresholds.json and calibrate.png (default: the checkpoint's)")
+    _add_set(p)
+
+    p = sub.add_parser("serve", help="the cascade as a Ray Serve HTTP app on embedded Ray (127.0.0.1)")
+    p.add_argument("--checkpoint", help="checkpoint to serve (default runs/train/last.pt)")
+    p.add_argument("--thresholds", help="calibration file (default CHECKPOINT_DIR/thresholds.json)")
+    p.add_argument("--host", help="HTTP address (default 127.0.0.1; Serve's HTTP API has no authentication)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--no-batching", action="store_true", help="one forward pass per request (no @serve.batch)")
     _add_set(p)
 
     p = sub.add_parser("demo", help="one modality end to end: build data, compress, train ICPC + baseline, evaluate")
@@ -166,6 +187,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from inference.calibrate import CalibrateConfig, calibrate, format_report
+
+    cfg = _config(CalibrateConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
+                                          "tolerance": "tolerance", "cost": "cost", "output": "output"})
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    print(format_report(calibrate(cfg)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inference.serve import ServeConfig, run_server
+
+    cfg = _config(ServeConfig, args, {"checkpoint": "checkpoint", "thresholds": "thresholds", "host": "host",
+                                      "port": "port"})
+    cfg.batching = cfg.batching and not args.no_batching
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    run_server(cfg)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     counts = DATASETS[args.name](Path(args.output), args.train, args.test, args.seed)
     print(f"wrote {args.name} {counts} to {args.output}")
@@ -188,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, argv)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         if args.command == "datasets":
             return cmd_datasets(args)
         return cmd_demo(args)

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icpc.contract import STRATEGIES
+from pipeline.audio import AudioConfig
 from pipeline.image import ImageConfig
+from pipeline.text import TextConfig
+from pipeline.video import VideoConfig
 
 
 @dataclass
@@ -17,7 +20,7 @@ class CompressConfig:
     """``icpc compress``: raw samples -> WebDataset shards + Parquet index + manifest."""
 
     modality: str = "image"
-    input: str = ""                   # dataset root: ImageFolder layout, optionally split into train/ val/ test/
+    input: str = ""                   # folder per class (optionally under train/ val/ test/), a CSV of path,label, or a text table
     output: str = "runs/data"         # folder for shards, index.parquet, rejects.parquet, manifest.json
     address: str | None = None        # Ray address; None = embedded ray.init() (or RAY_ADDRESS under `ray job submit`)
     num_cpus: float | None = None     # CPUs for an embedded Ray; None = all
@@ -30,11 +33,14 @@ class CompressConfig:
     batch_size: int = 64              # samples per Ray Data batch
     overwrite: bool = False           # replace an existing dataset in `output`
     image: ImageConfig = field(default_factory=ImageConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
     def validate(self) -> list[str]:
         errors = []
         if not self.input:
-            errors.append("input: is empty; pass --input PATH (an ImageFolder root)")
+            errors.append("input: is empty; pass --input PATH (a folder per class, a CSV of path,label, or a text table)")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
             errors.append(f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: "
@@ -46,6 +52,12 @@ class CompressConfig:
             errors.append(f"limit={self.limit}: must be >= 0")
         if self.modality == "image":
             errors += self.image.validate()
+        if self.modality == "video":
+            errors += self.video.validate()
+        if self.modality == "text":
+            errors += self.text.validate()
+        if self.modality == "audio":
+            errors += self.audio.validate()
         return errors
 
 
@@ -58,9 +70,12 @@ class ModelConfig:
     heads: int = 4                    # attention heads (dim % heads == 0)
     mlp_ratio: float = 2.0            # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0              # compression levels already regularise (ICPC's point)
+    kind: str = "transformer"         # transformer: this encoder from scratch; minilm: fine-tune all-MiniLM-L6-v2 (text)
 
     def validate(self) -> list[str]:
         errors = []
+        if self.kind not in ("transformer", "minilm"):
+            errors.append(f"model.kind={self.kind!r}: choose transformer or minilm")
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
             errors.append(f"model dim/depth/heads ({self.dim}/{self.depth}/{self.heads}): must be positive")
         elif self.dim % self.heads:

@@ -41,7 +41,7 @@ def load_model(checkpoint: str | os.PathLike, strategy: str = "") -> tuple[torch
 @torch.no_grad()
 def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalConfig, strategy: str) -> dict[str, Any]:
     """Probabilities, labels and batched compute time of every sample at one level."""
-    probs, labels, keys, seconds = [], [], [], 0.0
+    probs, labels, keys, lengths, seconds = [], [], [], [], 0.0
     for batch in eval_batches(shards, spec, level, batch_size=cfg.batch_size, strategy=strategy, limit=cfg.limit):
         t0 = time.perf_counter()
         logits = model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
@@ -49,9 +49,12 @@ def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalCon
         probs.append(torch.softmax(logits.float(), 1).numpy())
         labels.append(batch["labels"].numpy())
         keys += batch["keys"]
+        mask = batch["padding_mask"]  # per-sample token counts (text varies; grids are all equal)
+        lengths.append(np.full(len(batch["keys"]), batch["tokens"].shape[1]) if mask is None
+                       else (~mask).sum(1).numpy())
     order = np.argsort(keys)  # the same sample order at every level
     return {"probs": np.concatenate(probs)[order], "labels": np.concatenate(labels)[order],
-            "keys": [keys[i] for i in order], "seconds": seconds}
+            "keys": [keys[i] for i in order], "seconds": seconds, "tokens": np.concatenate(lengths)[order]}
 
 
 @torch.no_grad()
@@ -92,21 +95,22 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     for level, r in enumerate(results):
         lv = spec.ladder[level]
         levels.append({"level": level, "name": lv.name, "tokens": lv.tokens,
+                       "mean_tokens": float(r["tokens"].mean()),
                        "accuracy": float((r["probs"].argmax(1) == labels).mean()),
                        "ms_per_sample_batched": 1000 * r["seconds"] / n,
                        "ms_latency_bs1": latency_level(model, shards, spec, level, strategy, LATENCY_SAMPLES)})
     ref = levels[0]
     order = cascade_order(len(spec.ladder))
-    tokens = [lv["tokens"] for lv in levels]
+    tokens = np.stack([r["tokens"] for r in results])  # (levels, n): actual tokens of each sample
     ms = [lv["ms_latency_bs1"] for lv in levels]
     sweep = []
     for t in cfg.thresholds:
         preds, answered, tried = simulate_cascade(probs, order, [t] * len(levels))
         acc = float((preds == labels).mean())
-        mean_tokens = float(cascade_cost(answered, order, tokens).mean())
+        mean_tokens = float(tokens_tried(answered, order, tokens).mean())
         mean_ms = float(cascade_cost(answered, order, ms).mean())
         sweep.append({"threshold": t, "accuracy": acc, "accuracy_delta": acc - ref["accuracy"],
-                      "mean_tokens": mean_tokens, "token_ratio": mean_tokens / ref["tokens"],
+                      "mean_tokens": mean_tokens, "token_ratio": mean_tokens / ref["mean_tokens"],
                       "mean_ms": mean_ms, "time_ratio": mean_ms / ref["ms_latency_bs1"],
                       "mean_levels_tried": float(tried.mean()),
                       "answered": {str(lv): float((answered == lv).mean()) for lv in range(len(levels))}})
@@ -121,6 +125,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     plot(report, out / "cascade.png")
     report["output"] = str(out)
     return report
+
+
+def tokens_tried(answered: np.ndarray, order: list[int], tokens: np.ndarray) -> np.ndarray:
+    """Per-sample tokens over every level tried up to the answering one; ``tokens`` is (levels, n)."""
+    rank = {level: i for i, level in enumerate(order)}
+    level_rank = np.array([rank[level] for level in range(len(tokens))])      # (levels,)
+    answer_rank = np.array([rank[int(a)] for a in answered])                 # (n,)
+    return (tokens * (level_rank[:, None] <= answer_rank[None, :])).sum(0)
 
 
 def choose_threshold(sweep: list[dict[str, Any]], reference_accuracy: float, tolerance: float) -> dict[str, Any]:
@@ -140,7 +152,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     ref = report["levels"][0]
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [lv["tokens"] / ref["tokens"] for lv in report["levels"]]
+    xs = [lv["mean_tokens"] / ref["mean_tokens"] for lv in report["levels"]]
     ax.plot(xs, [lv["accuracy"] for lv in report["levels"]], "o--", label="single level")
     for lv, x in zip(report["levels"], xs):
         ax.annotate(f"L{lv['level']}", (x, lv["accuracy"]), textcoords="offset points", xytext=(4, -10))
@@ -167,7 +179,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [f"{r['split']} set: {r['samples']} samples, positions {r['strategy']}",
              f"{'level':<12}{'tokens':>7}{'accuracy':>10}{'ms/sample':>11}{'ms bs=1':>9}"]
     for lv in r["levels"]:
-        lines.append(f"L{lv['level']} {lv['name']:<9}{lv['tokens']:>7}{lv['accuracy']:>10.4f}"
+        lines.append(f"L{lv['level']} {lv['name']:<9}{lv['mean_tokens']:>7.4g}{lv['accuracy']:>10.4f}"
                      f"{lv['ms_per_sample_batched']:>11.3f}{lv['ms_latency_bs1']:>9.2f}")
     lines.append(f"{'threshold':<12}{'accuracy':>10}{'tokens':>8}{'x L0':>7}{'time x L0':>10}")
     for s in r["cascade"]:

@@ -65,13 +65,25 @@ def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: 
             stage = "compress"
             levels = compress(data, spec)
             meta = {"key": rec["key"], "source": rec["source"], "split": rec["split"],
-                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in levels]}
+                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in levels],
+                    **getattr(levels, "meta", {})}  # a compressor may add facts, e.g. text's "truncated"
             sample = encode_sample(rec["key"], rec["label"], levels, meta)
             row["members"] = [{"name": k, "data": v} for k, v in sample.items() if k != "__key__"]
         except Exception as exc:  # noqa: BLE001 - any failure of one sample is recorded, the job goes on
             row["stage"], row["error"] = stage, f"{type(exc).__name__}: {exc}"
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+class CompressActor:
+    """``compress_batch`` in a Ray Data actor: what the compressor caches per process (a teacher
+    model) is loaded once per actor and kept for every batch it compresses."""
+
+    def __init__(self, spec_json: dict[str, Any], max_input_bytes: int):
+        self.kwargs = {"spec_json": spec_json, "max_input_bytes": max_input_bytes}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return compress_batch(batch, **self.kwargs)
 
 
 def read_input(path: str, max_bytes: int) -> bytes:
@@ -108,9 +120,14 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     ctx.enable_progress_bars = False               # one bar, the driver's, below
     items = [dataclasses.asdict(r) for r in records]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 256)))
-    ds = ds.map_batches(compress_batch, fn_kwargs={"spec_json": spec.to_json(),
-                                                   "max_input_bytes": cfg.max_input_bytes},
-                        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    kwargs = {"spec_json": spec.to_json(), "max_input_bytes": cfg.max_input_bytes}
+    if getattr(getattr(cfg, cfg.modality), "needs_actors", False):  # e.g. text's teacher model, loaded once per actor
+        actors = max(1, int(ray.available_resources().get("CPU", 1)))  # one model copy per core
+        ds = ds.map_batches(CompressActor, fn_constructor_kwargs=kwargs, concurrency=actors,
+                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    else:
+        ds = ds.map_batches(compress_batch, fn_kwargs=kwargs,
+                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
     writers = {s: ShardWriter(out, s, cfg.shard_samples) for s in SPLITS}
     index_rows: list[dict[str, Any]] = []
@@ -143,14 +160,22 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
         "samples_per_s": (len(index_rows) + len(reject_rows)) / elapsed,
         "ladder": [lv.name for lv in spec.ladder],
         "tokens": [lv.tokens for lv in spec.ladder],
+        # per-sample counts (text: the ladder's tokens are maxima) and truncations, where reported
+        "mean_tokens": [round(sum(r[f"tokens_l{i}"] for r in index_rows) / max(1, len(index_rows)), 1)
+                        for i in range(len(spec.ladder))],
+        "truncated": (sum(r["truncated"] for r in index_rows)
+                      if any("truncated" in r for r in index_rows) else None),
     }
 
 
 def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str) -> dict[str, Any]:
     out = {"key": row["key"], "shard": shard, "split": row["split"], "label": row["label"],
            "label_name": row["label_name"], "source": row["source"]}
-    for i, n in enumerate(json.loads(sample[META_MEMBER])["tokens"]):
+    meta = json.loads(sample[META_MEMBER])
+    for i, n in enumerate(meta["tokens"]):
         out[f"tokens_l{i}"] = n
+    if "truncated" in meta:  # text: cut to the model's maximum length before compression
+        out["truncated"] = bool(meta["truncated"])
     out["bytes"] = sum(len(v) for k, v in sample.items() if k != "__key__")
     return out
 
@@ -173,7 +198,10 @@ def format_summary(s: dict[str, Any]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
     return "\n".join([
         f"compressed {s['samples']} samples ({counts}); {s['rejects']} rejected (see rejects.parquet)",
-        f"ladder {s['ladder']} -> tokens {s['tokens']}",
+        f"ladder {s['ladder']} -> tokens {s['tokens']}" + (
+            f" (mean per sample {s['mean_tokens']})" if s.get("mean_tokens", s["tokens"]) != s["tokens"] else ""),
+        *([f"{s['truncated']} samples truncated to the maximum length before compression"]
+          if s.get("truncated") is not None else []),
         f"{s['shards']} shards, {s['bytes'] / 1e6:.1f} MB, in {s['seconds']:.1f} s "
         f"({s['samples_per_s']:.0f} samples/s)",
         f"wrote {s['output']}/{{*.tar, {INDEX_FILE}, {REJECTS_FILE}, {MANIFEST_FILE}}}",

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from icpc.contract import Spec
-from pipeline import image
+from pipeline import audio, image, text, text_corpus, text_scan, video
 from pipeline.sources import Record, Reject, scan_class_folders, scan_path_csv
 
 # compress(payload, spec, levels=None) -> [(tokens (N_i, ...), positions int32 (N_i,)) for each level];
@@ -50,8 +50,26 @@ def _scan_images(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
     return scan_class_folders(cfg.input, *args)
 
 
+def _scan_videos(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
+    args = (video.VIDEO_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
+        return scan_path_csv(cfg.input, *args)
+    return scan_class_folders(cfg.input, *args)
+
+
+def _scan_audio(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
+    args = (audio.AUDIO_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
+        return scan_path_csv(cfg.input, *args)
+    return scan_class_folders(cfg.input, *args)
+
+
 MODALITIES: dict[str, Modality] = {
     "image": Modality(image.ImageConfig, image.build_spec, image.compress, _scan_images),
+    "video": Modality(video.VideoConfig, video.build_spec, video.compress, _scan_videos),
+    "text": Modality(text.TextConfig, text.build_spec, text.compress, text_scan.scan_text_tables,
+                     text_corpus.prepare),
+    "audio": Modality(audio.AudioConfig, audio.build_spec, audio.compress, _scan_audio),
 }
 
 

