@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-STRATEGIES = ("consistent", "corner", "renumber", "interpolate")
+from icpc.contract import STRATEGIES
 
 
 def main() -> None:

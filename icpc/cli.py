@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from icpc.config import CompressConfig, ConfigError, EvalConfig, TrainConfig, finalize, to_dict
+from icpc.contract import STRATEGIES
 from icpc.demo import DATASETS, DEMOS
 from pipeline.modalities import MODALITIES
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     p.add_argument("--baseline", action="store_true", help="always use level 0 (the A/B reference)")
-    p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="position strategy (default consistent)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--nproc-per-node", type=int, default=0,
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="train, val or test (default test)")
     p.add_argument("--output", help="report folder (default CHECKPOINT_DIR/eval)")
-    p.add_argument("--strategy", choices=["consistent", "corner", "renumber", "interpolate"],
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="evaluate with another position strategy than the one trained with")
     _add_set(p)
 
@@ -111,7 +112,7 @@ def _config(cls, args: argparse.Namespace, mapping: dict[str, str]):
     cfg = cls()
     for arg, field in mapping.items():
         value = getattr(args, arg, None)
-        if value not in (None, False):
+        if value is not None and value is not False:  # 0 is a value the user gave (0 == False in Python)
             setattr(cfg, field, value)
     return finalize(cfg, args.set)
 

@@ -102,7 +102,6 @@ class TrainConfig:
     level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
     strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
     shuffle_buffer: int = 1000        # samples in the per-rank shuffle buffer
-    workers: int = 0                  # DataLoader workers per rank (0 on a 2-core machine)
     threads: int = 0                  # torch intra-op threads per rank; 0 = cores / ranks
     resume: bool = False              # continue from output/last.pt
     max_steps_per_epoch: int = 0      # cap steps per epoch (0 = a full pass); for smoke tests
@@ -142,8 +141,8 @@ class EvalConfig:
         errors = []
         if self.split not in ("train", "val", "test"):
             errors.append(f"split={self.split!r}: choose train, val or test")
-        if any(not 0 <= t <= 1 for t in self.thresholds):
-            errors.append(f"thresholds={self.thresholds}: must lie in [0, 1]")
+        if any(t < 0 for t in self.thresholds):
+            errors.append(f"thresholds={self.thresholds}: must be >= 0 (above 1 = never confident)")
         if self.batch_size <= 0:
             errors.append(f"batch_size={self.batch_size}: must be positive")
         if self.strategy and self.strategy not in STRATEGIES:

@@ -162,23 +162,25 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     check_spec(spec, Spec.from_json(manifest["spec"]), f"calibrate {cfg.checkpoint} on {data}")
     ecfg = EvalConfig(batch_size=cfg.batch_size, limit=cfg.limit)
 
-    def level_probs(split: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """(probs (levels, n, C), labels (n,), forward ms per sample of each level)."""
+    def level_probs(split: str) -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
+        """(probs (levels, n, C), labels (n,), forward ms per sample, mean tokens per sample) per level.
+
+        Mean tokens are counted per sample (text levels have no fixed count; the ladder holds maxima).
+        """
         shards = split_shards(manifest, data, split)
         runs = [predict_level(model, shards, spec, lv, ecfg, model.strategy) for lv in range(len(spec.ladder))]
         if any(r["keys"] != runs[0]["keys"] for r in runs):
             raise RuntimeError(f"levels disagree on the {split} sample set; the shards are inconsistent")
         ms = [1000 * r["seconds"] / len(r["labels"]) for r in runs]
-        return np.stack([r["probs"] for r in runs]), runs[0]["labels"], ms
+        return np.stack([r["probs"] for r in runs]), runs[0]["labels"], ms, [float(r["tokens"].mean()) for r in runs]
 
     # Batched ms over the whole split, not batch-1 latency: the server batches, and on a shared CPU
     # a few hundred batch-1 timings are too noisy to rank levels by.
-    probs, labels, ms = level_probs(cfg.split)
-    level_cost = ms if cfg.cost == "ms" else [float(lv.tokens) for lv in spec.ladder]
+    probs, labels, ms, tokens = level_probs(cfg.split)
+    level_cost = ms if cfg.cost == "ms" else tokens
     found = search_thresholds(probs, labels, level_cost, cfg.tolerance, cfg.grid)
     ref_cost = level_cost[0]
-    tokens = [float(lv.tokens) for lv in spec.ladder]
-    levels = [{"level": i, "name": lv.name, "tokens": lv.tokens, "cost": level_cost[i], "ms_per_sample": ms[i],
+    levels = [{"level": i, "name": lv.name, "tokens": tokens[i], "cost": level_cost[i], "ms_per_sample": ms[i],
                "accuracy": float((probs[i].argmax(1) == labels).mean())} for i, lv in enumerate(spec.ladder)]
     chosen = {k: v for k, v in found.items() if k != "shared"}
     report: dict[str, Any] = {
@@ -191,7 +193,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
     if cfg.check_split and cfg.check_split != cfg.split and manifest["counts"].get(cfg.check_split):
-        cprobs, clabels, _ = level_probs(cfg.check_split)
+        cprobs, clabels, _, _ = level_probs(cfg.check_split)
         check = evaluate_thresholds(cprobs, clabels, chosen["thresholds"], level_cost)
         check["reference_accuracy"] = float((cprobs[0].argmax(1) == clabels).mean())
         report[cfg.check_split] = _summary(check, ref_cost, cprobs, clabels, tokens)

@@ -40,9 +40,16 @@ def load_model(checkpoint: str | os.PathLike, strategy: str = "") -> tuple[torch
 
 @torch.no_grad()
 def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalConfig, strategy: str) -> dict[str, Any]:
-    """Probabilities, labels and batched compute time of every sample at one level."""
+    """Probabilities, labels and batched compute time of every sample at one level.
+
+    The first batch runs once untimed, so one-off start-up costs (allocator, thread pool) do not
+    land on whichever level is measured first.
+    """
     probs, labels, keys, lengths, seconds = [], [], [], [], 0.0
-    for batch in eval_batches(shards, spec, level, batch_size=cfg.batch_size, strategy=strategy, limit=cfg.limit):
+    for i, batch in enumerate(eval_batches(shards, spec, level, batch_size=cfg.batch_size, strategy=strategy,
+                                           limit=cfg.limit)):
+        if i == 0:
+            model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
         t0 = time.perf_counter()
         logits = model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
         seconds += time.perf_counter() - t0

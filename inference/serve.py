@@ -13,7 +13,6 @@ Thresholds come from ``icpc calibrate``'s file and change at runtime through ``u
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures' types at runtime.
 import asyncio
 import dataclasses
-import inspect
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,11 +71,8 @@ class ServeConfig:
 
 
 def compress_levels(compress, payload: bytes, spec: Spec, levels: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``compress(payload, spec, levels=levels)``; a compressor without ``levels`` computes all, we pick."""
-    if "levels" in inspect.signature(compress).parameters:
-        return compress(payload, spec, levels=levels)
-    everything = compress(payload, spec)
-    return [everything[i] for i in levels]
+    """Only ``levels`` of ``payload``, with the pipeline's own compressor (every modality takes ``levels``)."""
+    return compress(payload, spec, levels=levels)
 
 
 def classify(model, spec: Spec, items: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:

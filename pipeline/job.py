@@ -104,12 +104,14 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     modality = get_modality(cfg.modality)
-    out = _prepare_output(Path(cfg.output), cfg.overwrite)
+    _check_output(Path(cfg.output), cfg.overwrite)
     records, rejects, classes = modality.scan(cfg)
     reject_rows = [dataclasses.asdict(r) for r in rejects]
     if not records:
         raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(rejects)} rejected at scan)")
 
+    # only now, with something to write, touch the output: a bad --input never costs an old dataset
+    out = _prepare_output(Path(cfg.output), cfg.overwrite)
     init_ray(cfg.address, cfg.num_cpus)
     if modality.prepare is not None:
         spec = modality.prepare(getattr(cfg, cfg.modality), [r for r in records if r.split == "train"], out)
@@ -180,14 +182,18 @@ def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str) -> dic
     return out
 
 
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write over an earlier dataset unless ``overwrite``."""
+    if not overwrite and ((out / MANIFEST_FILE).exists() or any(out.glob("*.tar"))):
+        raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it "
+                              f"or choose another --output")
+
+
 def _prepare_output(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse to mix with an earlier dataset unless ``overwrite``; drop stale temp files."""
-    if (out / MANIFEST_FILE).exists() or any(out.glob("*.tar")):
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it "
-                                  f"or choose another --output")
-        for p in [*out.glob("*.tar"), out / INDEX_FILE, out / REJECTS_FILE, out / MANIFEST_FILE]:
-            p.unlink(missing_ok=True)
+    """Create ``out``; clear an earlier dataset (``_check_output`` allowed it); drop stale temp files."""
+    _check_output(out, overwrite)
+    for p in [*out.glob("*.tar"), out / INDEX_FILE, out / REJECTS_FILE, out / MANIFEST_FILE]:
+        p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):
         stale.unlink()

@@ -43,33 +43,24 @@ class Modality:
     prepare: Callable[[Any, list[Record], Path], Spec] | None = None
 
 
-def _scan_images(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
-    args = (image.IMAGE_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
-    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
-        return scan_path_csv(cfg.input, *args)
-    return scan_class_folders(cfg.input, *args)
+def _file_scanner(extensions: set[str]) -> Scanner:
+    """The scanner of a modality whose samples are files: a folder per class, or a CSV of path,label."""
 
+    def scan(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
+        args = (extensions, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
+        if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
+            return scan_path_csv(cfg.input, *args)
+        return scan_class_folders(cfg.input, *args)
 
-def _scan_videos(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
-    args = (video.VIDEO_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
-    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
-        return scan_path_csv(cfg.input, *args)
-    return scan_class_folders(cfg.input, *args)
-
-
-def _scan_audio(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
-    args = (audio.AUDIO_EXTENSIONS, cfg.seed, cfg.val_fraction, cfg.test_fraction, cfg.limit)
-    if Path(cfg.input).is_file() and cfg.input.endswith(".csv"):
-        return scan_path_csv(cfg.input, *args)
-    return scan_class_folders(cfg.input, *args)
+    return scan
 
 
 MODALITIES: dict[str, Modality] = {
-    "image": Modality(image.ImageConfig, image.build_spec, image.compress, _scan_images),
-    "video": Modality(video.VideoConfig, video.build_spec, video.compress, _scan_videos),
+    "image": Modality(image.ImageConfig, image.build_spec, image.compress, _file_scanner(image.IMAGE_EXTENSIONS)),
+    "video": Modality(video.VideoConfig, video.build_spec, video.compress, _file_scanner(video.VIDEO_EXTENSIONS)),
     "text": Modality(text.TextConfig, text.build_spec, text.compress, text_scan.scan_text_tables,
                      text_corpus.prepare),
-    "audio": Modality(audio.AudioConfig, audio.build_spec, audio.compress, _scan_audio),
+    "audio": Modality(audio.AudioConfig, audio.build_spec, audio.compress, _file_scanner(audio.AUDIO_EXTENSIONS)),
 }
 
 

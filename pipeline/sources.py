@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ def scan_class_folders(root: str | os.PathLike, extensions: set[str], seed: int,
         raise ValueError(f"input {str(root)!r} has no class folders (expected ROOT/CLASS/FILE)")
     records, rejects, seen = [], [], {}
     for split_name, top in tops.items():
-        per_split: dict[str, int] = {}
+        if split_name is not None:  # a file directly in train/ has no class: say so rather than skip it
+            for path in sorted(p for p in top.iterdir() if p.is_file()):
+                rejects.append(Reject(sanitize_key(str(path.relative_to(root))), str(path), "scan",
+                                      f"not inside a class folder (expected {split_name}/CLASS/FILE)"))
         for label, name in enumerate(classes):
             folder = top / name
             if not folder.is_dir():
@@ -75,7 +79,8 @@ def scan_class_folders(root: str | os.PathLike, extensions: set[str], seed: int,
                                           f"expected one of {sorted(extensions)}"))
                     continue
                 if key in seen:
-                    rejects.append(Reject(key, str(path), "scan", f"key collides with {seen[key]} after sanitising"))
+                    rejects.append(Reject(duplicate_key(key, str(path)), str(path), "scan",
+                                          f"key {key} collides with {seen[key]} after sanitising"))
                     continue
                 seen[key] = str(path)
                 if split_name is None:
@@ -118,12 +123,18 @@ def scan_path_csv(csv_path: str | os.PathLike, extensions: set[str], seed: int, 
                    else f"split {split!r} is not one of {SPLITS}" if split and split not in SPLITS
                    else f"key collides with {seen[key]} after sanitising" if key in seen else "")
         if problem:
-            rejects.append(Reject(key, f"{csv_path}:{i}", "scan", problem))
+            source = f"{csv_path}:{i}"
+            rejects.append(Reject(duplicate_key(key, source) if key in seen else key, source, "scan", problem))
             continue
         seen[key] = str(path)
         split = split or split_of(key, seed, val_fraction, test_fraction)
         records.append(Record(key, str(path), split, classes.index(label), label))
     return limit_per_split(shuffled(records, seed), limit), rejects, classes
+
+
+def duplicate_key(key: str, source: str) -> str:
+    """A reject key for an input whose key is already taken, so every input keeps a key of its own."""
+    return f"{key}-dup-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
 
 
 def limit_per_split(records: list[Record], limit: int) -> list[Record]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from icpc.contract import SPLITS, sanitize_key, split_of
-from pipeline.sources import Record, Reject, limit_per_split, shuffled
+from pipeline.sources import Record, Reject, duplicate_key, limit_per_split, shuffled
 
 TABLE_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 
@@ -119,7 +119,8 @@ def scan_text_tables(cfg: Any) -> tuple[list[Record], list[Reject], list[str]]:
                        if len(payload) > cfg.max_input_bytes else "")
                    or (f"key {key} is not unique" if key in seen else ""))
         if problem:
-            rejects.append(Reject(key, f"{path}:{i}", "scan", problem))
+            source = f"{path}:{i}"
+            rejects.append(Reject(duplicate_key(key, source) if key in seen else key, source, "scan", problem))
             continue
         seen.add(key)
         if not split:

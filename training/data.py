@@ -104,7 +104,7 @@ def shard_urls(shards: Sequence[str], seed: int, epoch: int, rank: int, world: i
 
 
 def raw_samples(urls: Sequence[str]) -> Iterator[dict]:
-    """Raw samples (member -> bytes) of ``urls`` in order, split across DataLoader workers.
+    """Raw samples (member -> bytes) of ``urls`` in order (split across DataLoader workers, if any).
 
     The node split is already done (``shard_urls``), so the pipeline has no node splitter;
     a truncated shard's partial last sample is dropped by ``decode_sample`` with a warning.
@@ -120,13 +120,21 @@ def train_batches(shards: Sequence[str], spec: Spec, *, seed: int, epoch: int, r
     """One rank's batches for ``epoch``; repeats its shards (next pass, new order) if it runs dry.
 
     Use with ``itertools.islice(..., steps_per_epoch(...))`` so every rank runs the same count.
+    A pass that yields no batch at all raises: repeating it would spin forever while the other
+    ranks wait in the next collective.
     """
     for rep in itertools.count():
         urls = shard_urls(shards, seed, epoch, rank, world, rep)
         rng = random.Random(int(unit_hash("shuffle", seed, epoch, rep, rank) * 2**32))
         stream = shuffle(raw_samples(urls), shuffle_buffer, rng)
         stream = apply_strategy(pick_levels(stream, seed, epoch, weights), spec, strategy)
-        yield from batch_by_level(stream, batch_size)
+        produced = False
+        for batch in batch_by_level(stream, batch_size):
+            produced = True
+            yield batch
+        if not produced:
+            raise RuntimeError(f"rank {rank}: shards {list(urls)} hold no readable sample; check them "
+                               f"(tar -tf) or rebuild the dataset with 'icpc compress'")
 
 
 def shuffle(samples: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:

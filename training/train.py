@@ -87,6 +87,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
     if cfg.resume and (out / CHECKPOINT).exists():
         state = load_checkpoint(out / CHECKPOINT)
         check_spec(Spec.from_json(state["spec"]), spec, f"--resume from {out / CHECKPOINT}")
+        check_resume_config(state["config"], to_dict(cfg), out / CHECKPOINT)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -94,6 +95,11 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
         if len(state["rng"]) == world.size:  # same world: every rank continues its own RNG stream
             torch.set_rng_state(state["rng"][world.rank]["torch"])
             random.setstate(_python_rng(state["rng"][world.rank]["python"]))
+        else:
+            if world.is_main:
+                print(f"warning: resuming a {len(state['rng'])}-rank run with {world.size} ranks: the level "
+                      f"draws stay the same, dropout streams and shard order do not", flush=True)
+            torch.manual_seed(cfg.seed + 7919 * (world.rank + 1) + 104729 * start_epoch)
     else:
         torch.manual_seed(cfg.seed + 7919 * (world.rank + 1))  # per-rank dropout streams
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
@@ -169,6 +175,19 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
     if owns_group:
         teardown()
     return row
+
+
+# Config fields that shape the model or the data stream: a resumed run must keep them.
+RESUME_FIELDS = ("seed", "baseline", "level_weights", "strategy", "batch_size", "grad_accum", "shuffle_buffer", "model")
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with settings that would make a different run, naming both values."""
+    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {current[k]!r}"
+             for k in RESUME_FIELDS if saved.get(k) != current[k]]
+    if diffs:
+        raise ValueError(f"--resume from {path} would not continue the same run:\n  " + "\n  ".join(diffs)
+                         + "\n  pass the checkpoint's values, or train into a new --output")
 
 
 def split_shards_or_empty(manifest: dict[str, Any], folder: str, split: str) -> list[str]:

@@ -186,7 +186,7 @@ def test_train_config_validation(overrides, needle):
 
 @pytest.mark.parametrize("overrides, needle", [
     (["split=dev"], "split"),
-    (["thresholds=[0.5, 1.5]"], "thresholds"),
+    (["thresholds=[0.5, -0.1]"], "thresholds"),
     (["batch_size=0"], "batch_size"),
     (["strategy=diagonal"], "strategy"),
 ])

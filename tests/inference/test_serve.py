@@ -287,6 +287,10 @@ def test_icpc_serve_command_binds_loopback_and_stops_on_sigterm(straight_run, im
             r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", content=images[0],
                            headers={"Content-Type": "image/png"}, timeout=60)
             assert r.status_code == 200 and r.json()["levels_tried"] == [4]
+            listening = subprocess.run(["ss", "-ltnH", "sport", "=", f":{port}"], capture_output=True,
+                                       text=True, check=True).stdout.split("\n")
+            listening = [line for line in listening if line.strip()]
+            assert listening and all(f"127.0.0.1:{port}" in line for line in listening), listening
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)

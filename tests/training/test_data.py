@@ -214,3 +214,29 @@ def test_warmup_cosine_without_warmup():
     assert warmup_cosine(0, 10, 0) == pytest.approx(1.0)
     assert warmup_cosine(5, 10, 0) == pytest.approx(0.5)
     assert warmup_cosine(10, 10, 0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_rank_whose_shards_hold_nothing_readable_fails_instead_of_spinning(tmp_path):
+    import webdataset as wds
+
+    from pipeline.image import ImageConfig, build_spec
+    from training.data import train_batches
+
+    shard = tmp_path / "train-000000.tar"
+    with wds.TarWriter(str(shard), encoder=False) as w:  # samples without any level: nothing to train on
+        for i in range(3):
+            w.write({"__key__": f"k{i}", "cls": b"1", "json": b"{}"})
+    stream = train_batches([str(shard)], build_spec(ImageConfig()), seed=0, epoch=0, rank=0, world=1,
+                           batch_size=2, weights=[1.0], strategy="consistent", shuffle_buffer=2)
+    with pytest.raises(RuntimeError, match="no readable sample"):
+        next(stream)
+
+
+def test_resume_refuses_settings_that_change_the_run(tmp_path):
+    from icpc.config import TrainConfig, to_dict
+    from training.train import check_resume_config
+
+    saved = to_dict(TrainConfig())
+    check_resume_config(saved, to_dict(TrainConfig(epochs=20)), tmp_path / "last.pt")  # more epochs: fine
+    with pytest.raises(ValueError, match=r"strategy: checkpoint has 'consistent', this run has 'corner'"):
+        check_resume_config(saved, to_dict(TrainConfig(strategy="corner", batch_size=8)), tmp_path / "last.pt")
