@@ -117,12 +117,18 @@ def _config(cls, args: argparse.Namespace, mapping: dict[str, str]):
     return finalize(cfg, args.set)
 
 
+def _print_config(args: argparse.Namespace, cfg) -> bool:
+    """``--print-config``: show the resolved config as JSON instead of running."""
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+    return args.print_config
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     cfg = _config(CompressConfig, args, {"modality": "modality", "input": "input", "output": "output",
                                          "address": "address", "shard_samples": "shard_samples",
                                          "limit": "limit", "seed": "seed", "overwrite": "overwrite"})
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if _print_config(args, cfg):
         return 0
     from pipeline.job import format_summary, run_compress
 
@@ -134,8 +140,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = _config(TrainConfig, args, {"data": "data", "output": "output", "epochs": "epochs",
                                       "batch_size": "batch_size", "lr": "lr", "baseline": "baseline",
                                       "strategy": "strategy", "resume": "resume"})
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if _print_config(args, cfg):
         return 0
     if args.nproc_per_node and args.ray_workers:
         raise ValueError("--nproc-per-node (torchrun) and --ray-workers (Ray Train) exclude each other; pick one")
@@ -179,8 +184,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(EvalConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
                                      "output": "output", "strategy": "strategy"})
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if _print_config(args, cfg):
         return 0
     from inference.evaluate import evaluate, format_report
 
@@ -193,8 +197,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     cfg = _config(CalibrateConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
                                           "tolerance": "tolerance", "cost": "cost", "output": "output"})
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if _print_config(args, cfg):
         return 0
     print(format_report(calibrate(cfg)))
     return 0
@@ -206,8 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(ServeConfig, args, {"checkpoint": "checkpoint", "thresholds": "thresholds", "host": "host",
                                       "port": "port"})
     cfg.batching = cfg.batching and not args.no_batching
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
+    if _print_config(args, cfg):
         return 0
     run_server(cfg)
     return 0

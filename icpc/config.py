@@ -102,6 +102,7 @@ class TrainConfig:
     level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
     strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
     shuffle_buffer: int = 1000        # samples in the per-rank shuffle buffer
+    length_bucket: int = 8            # text: batch samples whose token counts agree // this (0 = off); grids unaffected
     threads: int = 0                  # torch intra-op threads per rank; 0 = cores / ranks
     resume: bool = False              # continue from output/last.pt
     max_steps_per_epoch: int = 0      # cap steps per epoch (0 = a full pass); for smoke tests

@@ -44,22 +44,26 @@ def apply_strategy(samples: Iterable[dict[str, Any]], spec: Spec, strategy: str)
         yield s
 
 
-def batch_by_level(samples: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict]:
+def batch_by_level(samples: Iterable[dict[str, Any]], batch_size: int, length_bucket: int = 0) -> Iterator[dict]:
     """Group samples into batches of one level each (equal length at a level, no padding).
 
-    A batch is emitted as soon as its level has ``batch_size`` samples; the remainders are
-    flushed, one partial batch per level, when the stream ends.
+    A batch is emitted as soon as its group has ``batch_size`` samples; the remainders are
+    flushed, one partial batch per group, when the stream ends. With ``length_bucket`` > 0 a group
+    is (level, token count // length_bucket), so variable-length samples (text) are batched with
+    others of about their length and pad little; grid modalities have one length per level, so
+    their batches are the same either way.
     """
-    buffers: dict[int, list[dict]] = {}
+    buffers: dict[tuple[int, int], list[dict]] = {}
     for s in samples:
-        buf = buffers.setdefault(s["level"], [])
+        group = (s["level"], len(s["tokens"]) // length_bucket if length_bucket else 0)
+        buf = buffers.setdefault(group, [])
         buf.append(s)
         if len(buf) == batch_size:
             yield collate(buf)
-            buffers[s["level"]] = []
-    for level in sorted(buffers):
-        if buffers[level]:
-            yield collate(buffers[level])
+            buffers[group] = []
+    for group in sorted(buffers):
+        if buffers[group]:
+            yield collate(buffers[group])
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -116,7 +120,8 @@ def raw_samples(urls: Sequence[str]) -> Iterator[dict]:
 
 
 def train_batches(shards: Sequence[str], spec: Spec, *, seed: int, epoch: int, rank: int, world: int,
-                  batch_size: int, weights: Sequence[float], strategy: str, shuffle_buffer: int) -> Iterator[dict]:
+                  batch_size: int, weights: Sequence[float], strategy: str, shuffle_buffer: int,
+                  length_bucket: int = 0) -> Iterator[dict]:
     """One rank's batches for ``epoch``; repeats its shards (next pass, new order) if it runs dry.
 
     Use with ``itertools.islice(..., steps_per_epoch(...))`` so every rank runs the same count.
@@ -129,7 +134,7 @@ def train_batches(shards: Sequence[str], spec: Spec, *, seed: int, epoch: int, r
         stream = shuffle(raw_samples(urls), shuffle_buffer, rng)
         stream = apply_strategy(pick_levels(stream, seed, epoch, weights), spec, strategy)
         produced = False
-        for batch in batch_by_level(stream, batch_size):
+        for batch in batch_by_level(stream, batch_size, length_bucket):
             produced = True
             yield batch
         if not produced:

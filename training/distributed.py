@@ -45,7 +45,10 @@ def setup(world: World):
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that destroys its gloo group while another is still
+    saving a checkpoint can abort at exit ("terminate called without an active exception")."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

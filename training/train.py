@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
         model.train()
         stream = train_batches(shards, spec, seed=cfg.seed, epoch=epoch, rank=world.rank, world=world.size,
                                batch_size=cfg.batch_size, weights=weights, strategy=cfg.strategy,
-                               shuffle_buffer=cfg.shuffle_buffer)
+                               shuffle_buffer=cfg.shuffle_buffer, length_bucket=cfg.length_bucket)
         totals = {"loss": 0.0, "correct": 0, "samples": 0, "tokens": 0}
         levels_seen = [0] * len(spec.ladder)
         bar = _bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and world.is_main)
@@ -172,6 +172,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True) -> dict[str, An
     if writer:
         writer.close()
         print(f"wrote {out}/{{{CHECKPOINT}, {METRICS}, config.json, tb/}}", flush=True)
+    del ddp  # release DDP's reducer (it holds the process group) before the group goes
     if owns_group:
         teardown()
     return row

@@ -240,3 +240,15 @@ def test_resume_refuses_settings_that_change_the_run(tmp_path):
     check_resume_config(saved, to_dict(TrainConfig(epochs=20)), tmp_path / "last.pt")  # more epochs: fine
     with pytest.raises(ValueError, match=r"strategy: checkpoint has 'consistent', this run has 'corner'"):
         check_resume_config(saved, to_dict(TrainConfig(strategy="corner", batch_size=8)), tmp_path / "last.pt")
+
+
+def test_length_buckets_keep_short_and_long_texts_apart():
+    from training.data import batch_by_level
+
+    samples = [{"key": f"k{i}", "label": 0, "level": 0, "tokens": np.arange(n, dtype=np.int32),
+                "positions": np.arange(n, dtype=np.int32)} for i, n in enumerate([3, 30, 4, 31, 5, 29])]
+    plain = list(batch_by_level(iter(samples), 2))
+    bucketed = list(batch_by_level(iter(samples), 2, length_bucket=8))
+    assert [b["tokens"].shape for b in plain] == [(2, 30), (2, 31), (2, 29)]  # every batch pads a short text
+    assert sorted(b["tokens"].shape for b in bucketed) == [(1, 5), (1, 29), (2, 4), (2, 31)]
+    assert sorted(k for b in bucketed for k in b["keys"]) == sorted(s["key"] for s in samples)
