@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from inference.serve import APP_NAME, ServeConfig, deploy, model_info, start_serve
-    from training.train import load_checkpoint
+    from icpc.inference.serve import APP_NAME, ServeConfig, deploy, model_info, start_serve
+    from icpc.modelio import load_checkpoint
 
     data = args.data or load_checkpoint(args.checkpoint)["data"]
     samples = load_samples(data, args.split, args.samples)

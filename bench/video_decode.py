@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.video import VideoConfig, build_spec, compress  # noqa: E402
-from pipeline.video_data import DIRECTIONS, moving_clip, write_mp4  # noqa: E402
-from pipeline.sources import FASHION_MNIST_DIR, read_idx  # noqa: E402
+from icpc.pipeline.modalities.video import MODALITY, VideoConfig, build_spec  # noqa: E402
+from icpc.demo.moving_mnist import DIRECTIONS, moving_clip, write_mp4  # noqa: E402
+from icpc.demo.fashion_mnist import FASHION_MNIST_DIR, read_idx  # noqa: E402
 
 
 def make_clips(folder: Path, n: int, scale: int, seed: int = 0) -> list[bytes]:
@@ -47,7 +47,7 @@ def clips_per_second(clips: list[bytes], decode_scale: bool) -> float:
     spec = build_spec(replace(VideoConfig(), decode_scale=decode_scale))
     started = time.perf_counter()
     for data in clips:
-        compress(data, spec)
+        MODALITY.compress_bytes(data, spec)
     return len(clips) / (time.perf_counter() - started)
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
-from icpc.config import CompressConfig, ConfigError, EvalConfig, TrainConfig, finalize, to_dict
+from icpc.config import ConfigError, EvalConfig, TrainConfig, finalize, to_dict
 from icpc.contract import STRATEGIES
 from icpc.demo import DATASETS, DEMOS
-from pipeline.modalities import MODALITIES
+from icpc.pipeline.config import compress_config_class
+from icpc.pipeline.modalities import registry
 
 SET_HELP = "override any config field, e.g. --set image.sides=28,20,12 (repeatable; unknown keys are errors)"
 
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
 
     p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
-    p.add_argument("--modality", default="image", choices=sorted(MODALITIES), help="what the input holds")
+    p.add_argument("--modality", default="image", choices=sorted(registry()), help="what the input holds")
     p.add_argument("--input", help="image/video/audio: ROOT/CLASS/FILE, ROOT/{train,val,test}/CLASS/FILE or a "
                    "CSV of path,label[,split]; text: a CSV/JSONL/Parquet table (or a folder of train/val/test tables)")
     p.add_argument("--output", help="folder for shards, index.parquet, rejects.parquet, manifest.json")
@@ -125,12 +124,12 @@ def _print_config(args: argparse.Namespace, cfg) -> bool:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    cfg = _config(CompressConfig, args, {"modality": "modality", "input": "input", "output": "output",
+    cfg = _config(compress_config_class(), args, {"modality": "modality", "input": "input", "output": "output",
                                          "address": "address", "shard_samples": "shard_samples",
                                          "limit": "limit", "seed": "seed", "overwrite": "overwrite"})
     if _print_config(args, cfg):
         return 0
-    from pipeline.job import format_summary, run_compress
+    from icpc.pipeline.job import format_summary, run_compress
 
     print(format_summary(run_compress(cfg)))
     return 0
@@ -147,38 +146,19 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.ray_workers:
         import torch
 
-        from training.ray_train import run_ray_train
+        from icpc.training.ray_train import run_ray_train
 
         run_ray_train(cfg, args.ray_workers, args.address, torch.cuda.is_available(), args.ray_cpus_per_worker)
         return 0
     if args.nproc_per_node and "RANK" not in os.environ:
-        return launch_torchrun(args.nproc_per_node, _without_nproc(argv))
-    from training.distributed import detect_world
-    from training.train import train
+        from icpc.training.launch import launch_torchrun, without_nproc
+
+        return launch_torchrun(args.nproc_per_node, without_nproc(argv))
+    from icpc.training.distributed import detect_world
+    from icpc.training.train import train
 
     train(cfg, detect_world())
     return 0
-
-
-def launch_torchrun(nproc: int, train_argv: list[str]) -> int:
-    """Re-run ``icpc train ARGS`` under torchrun with ``nproc`` local processes (rendezvous on 127.0.0.1)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "icpc.cli", *train_argv]
-    print("launching:", " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    return subprocess.call(cmd, env=env)
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc-per-node":
-            skip = True
-        elif not a.startswith("--nproc-per-node="):
-            out.append(a)
-    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -186,14 +166,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                      "output": "output", "strategy": "strategy"})
     if _print_config(args, cfg):
         return 0
-    from inference.evaluate import evaluate, format_report
+    from icpc.inference.evaluate import evaluate, format_report
 
     print(format_report(evaluate(cfg)))
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from inference.calibrate import CalibrateConfig, calibrate, format_report
+    from icpc.inference.calibrate import CalibrateConfig, calibrate, format_report
 
     cfg = _config(CalibrateConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
                                           "tolerance": "tolerance", "cost": "cost", "output": "output"})
@@ -204,7 +184,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inference.serve import ServeConfig, run_server
+    from icpc.inference.serve import ServeConfig, run_server
 
     cfg = _config(ServeConfig, args, {"checkpoint": "checkpoint", "thresholds": "thresholds", "host": "host",
                                       "port": "port"})
@@ -216,13 +196,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    counts = DATASETS[args.name](Path(args.output), args.train, args.test, args.seed)
+    counts = DATASETS[args.name](args.output, args.train, args.test, args.seed)
     print(f"wrote {args.name} {counts} to {args.output}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from icpc.demo import run_demo
+    from icpc.demo.run import run_demo
 
     return run_demo(args)
 

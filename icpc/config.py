@@ -1,4 +1,6 @@
-"""Typed configs for every subcommand, with ``--set a.b=value`` overrides and all-at-once validation."""
+"""Typed configs (model, training, evaluation) and the machinery every config shares: ``--set a.b=value``
+overrides, all-at-once validation, saving and reloading. The compress config lives with the
+pipeline (``icpc.pipeline.config``), which adds one section per registered modality."""
 
 from __future__ import annotations
 
@@ -9,56 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icpc.contract import STRATEGIES
-from pipeline.audio import AudioConfig
-from pipeline.image import ImageConfig
-from pipeline.text import TextConfig
-from pipeline.video import VideoConfig
-
-
-@dataclass
-class CompressConfig:
-    """``icpc compress``: raw samples -> WebDataset shards + Parquet index + manifest."""
-
-    modality: str = "image"
-    input: str = ""                   # folder per class (optionally under train/ val/ test/), a CSV of path,label, or a text table
-    output: str = "runs/data"         # folder for shards, index.parquet, rejects.parquet, manifest.json
-    address: str | None = None        # Ray address; None = embedded ray.init() (or RAY_ADDRESS under `ray job submit`)
-    num_cpus: float | None = None     # CPUs for an embedded Ray; None = all
-    seed: int = 0                     # drives the validation split
-    val_fraction: float = 0.1         # share of train samples held out as val when the input has no val/ folder
-    test_fraction: float = 0.1        # share held out as test when the input has no split folders at all
-    shard_samples: int = 500          # samples per shard (more, smaller shards feed more DDP ranks)
-    max_input_bytes: int = 50_000_000 # inputs larger than this are rejected before decoding
-    limit: int = 0                    # take at most this many samples per split (0 = all); for quick runs
-    batch_size: int = 64              # samples per Ray Data batch
-    overwrite: bool = False           # replace an existing dataset in `output`
-    image: ImageConfig = field(default_factory=ImageConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-
-    def validate(self) -> list[str]:
-        errors = []
-        if not self.input:
-            errors.append("input: is empty; pass --input PATH (a folder per class, a CSV of path,label, or a text table)")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            errors.append(f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: "
-                          "each must be in [0, 1) and their sum below 1")
-        for name in ("shard_samples", "batch_size", "max_input_bytes"):
-            if getattr(self, name) <= 0:
-                errors.append(f"{name}={getattr(self, name)}: must be positive")
-        if self.limit < 0:
-            errors.append(f"limit={self.limit}: must be >= 0")
-        if self.modality == "image":
-            errors += self.image.validate()
-        if self.modality == "video":
-            errors += self.video.validate()
-        if self.modality == "text":
-            errors += self.text.validate()
-        if self.modality == "audio":
-            errors += self.audio.validate()
-        return errors
 
 
 @dataclass

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc import storage
+from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc.reports import save_figure, write_json
 
 THRESHOLDS_FILE = "thresholds.json"
 PLOT_FILE = "calibrate.png"
@@ -80,11 +81,11 @@ def check_thresholds(values: Any, num_levels: int) -> list[str]:
 
 def load_thresholds(path: str | os.PathLike, num_levels: int) -> list[float]:
     """Per-level thresholds from a calibration file (``{"thresholds": [...]}``)."""
-    p = Path(path)
-    if not p.exists():
+    p = str(path)
+    if not storage.exists(p):
         raise FileNotFoundError(f"thresholds file {p} not found; run 'icpc calibrate --checkpoint ...' "
                                 f"or pass --thresholds / --set set_thresholds=[...]")
-    values = json.loads(p.read_text()).get("thresholds")
+    values = json.loads(storage.read_text(p)).get("thresholds")
     if errors := check_thresholds(values, num_levels):
         raise ValueError(f"{p}: thresholds " + "; ".join(errors))
     return [float(v) for v in values]
@@ -152,8 +153,9 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
 
     from icpc.config import EvalConfig, to_dict
     from icpc.contract import Spec, check_spec
-    from inference.evaluate import load_model, predict_level
-    from pipeline.shards import read_manifest, split_shards
+    from icpc.dataset import read_manifest, split_shards
+    from icpc.inference.evaluate import predict_level
+    from icpc.modelio import load_model
 
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     model, spec, state = load_model(cfg.checkpoint)
@@ -197,11 +199,11 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
         check = evaluate_thresholds(cprobs, clabels, chosen["thresholds"], level_cost)
         check["reference_accuracy"] = float((cprobs[0].argmax(1) == clabels).mean())
         report[cfg.check_split] = _summary(check, ref_cost, cprobs, clabels, tokens)
-    out = Path(cfg.output or Path(cfg.checkpoint).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / THRESHOLDS_FILE).write_text(json.dumps(report, indent=2))
-    plot(report, out / PLOT_FILE)
-    report["output"] = str(out)
+    out = cfg.output or storage.parent(cfg.checkpoint)
+    storage.makedirs(out)
+    write_json(storage.join(out, THRESHOLDS_FILE), report)
+    plot(report, storage.join(out, PLOT_FILE))
+    report["output"] = out
     return report
 
 
@@ -216,7 +218,7 @@ def _summary(point: dict[str, Any], ref_cost: float, probs: np.ndarray, labels: 
             "answered": point["answered"]}
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any], location: str) -> None:
     """Accuracy against cost relative to level 0: single levels, the shared sweep, the chosen point."""
     import matplotlib
 
@@ -239,8 +241,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, location)
 
 
 def format_report(r: dict[str, Any]) -> str:

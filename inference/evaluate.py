@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from icpc.config import EvalConfig, TrainConfig, from_dict, to_dict
+from icpc import storage
+from icpc.config import EvalConfig, to_dict
 from icpc.contract import Spec, check_spec
-from inference.cascade import cascade_cost, cascade_order, simulate_cascade
-from pipeline.shards import read_manifest, split_shards
-from training.data import eval_batches
-from training.train import build_model, load_checkpoint
+from icpc.dataset import read_manifest, split_shards
+from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc.modelio import load_model
+from icpc.reports import save_figure, write_csv, write_json
+from icpc.training.data import eval_batches
 
 # Accuracy a cascade may give up against level 0 to count as "as good" (DESIGN contract 5).
 DEFAULT_TOLERANCE = 0.003
 LATENCY_SAMPLES = 64   # samples timed one at a time per level (batch size 1, as a server sees them)
-
-
-def load_model(checkpoint: str | os.PathLike, strategy: str = "") -> tuple[torch.nn.Module, Spec, dict[str, Any]]:
-    """Rebuild the trained model from a checkpoint (``weights_only=True``); returns (model, spec, state)."""
-    state = load_checkpoint(checkpoint)
-    train_cfg = from_dict(TrainConfig, state["config"])
-    if strategy:
-        train_cfg = replace(train_cfg, strategy=strategy)
-    spec = Spec.from_json(state["spec"])
-    model = build_model(spec, train_cfg, len(state["classes"]))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, spec, state
 
 
 @torch.no_grad()
@@ -84,8 +69,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     manifest = read_manifest(data)
     check_spec(spec, Spec.from_json(manifest["spec"]), f"evaluate {cfg.checkpoint} on {data}")
     shards = split_shards(manifest, data, cfg.split)
-    out = Path(cfg.output or Path(cfg.checkpoint).parent / "eval")
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.output or storage.join(storage.parent(cfg.checkpoint), "eval")
+    storage.makedirs(out)
 
     results = []
     for level in range(len(spec.ladder)):
@@ -125,12 +110,13 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     report = {"checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split, "samples": n,
               "strategy": strategy, "levels": levels, "cascade": sweep, "chosen": chosen,
               "config": to_dict(cfg)}
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
-    _write_csv(out / "levels.csv", levels)
-    _write_csv(out / "cascade.csv", [{**{k: v for k, v in s.items() if k != "answered"},
-                                      **{f"answered_l{k}": v for k, v in s["answered"].items()}} for s in sweep])
-    plot(report, out / "cascade.png")
-    report["output"] = str(out)
+    write_json(storage.join(out, "eval.json"), report)
+    write_csv(storage.join(out, "levels.csv"), levels)
+    write_csv(storage.join(out, "cascade.csv"), [{**{k: v for k, v in s.items() if k != "answered"},
+                                                  **{f"answered_l{k}": v for k, v in s["answered"].items()}}
+                                                 for s in sweep])
+    plot(report, storage.join(out, "cascade.png"))
+    report["output"] = out
     return report
 
 
@@ -150,7 +136,7 @@ def choose_threshold(sweep: list[dict[str, Any]], reference_accuracy: float, tol
     return max(sweep, key=lambda s: s["accuracy"])
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any], location: str) -> None:
     """Accuracy against relative cost (tokens) for each level and the cascade sweep."""
     import matplotlib
 
@@ -171,15 +157,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    save_figure(fig, location)
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -11,11 +11,26 @@ import base64
 import binascii
 import json
 
-# Raw upload content types each modality accepts (the part before ";"); application/octet-stream
-# is accepted for every medium, the compressor then decides whether it can decode the bytes.
-MEDIA_PREFIX = {"image": "image/", "video": "video/", "audio": "audio/", "text": "text/plain"}
+from icpc.pipeline.modalities import get_modality, registry
+
+# application/octet-stream is accepted for every medium: the modality's decoder then decides
+# whether it can decode the bytes. The other raw content types are each modality's media_types.
 ANY_MEDIA = "application/octet-stream"
 JSON_FIELDS = {"data", "text", "modality"}
+
+
+def media_types(modality: str) -> tuple[str, ...]:
+    """Content-Type prefixes of raw uploads of ``modality`` (from its plugin)."""
+    return get_modality(modality).media_types
+
+
+def _json_field(modality: str) -> str:
+    return get_modality(modality).json_field
+
+
+def _sent_modality(kind: str) -> str | None:
+    """The registered modality whose media types ``kind`` belongs to, if any."""
+    return next((m.name for m in registry().values() if kind.startswith(m.media_types)), None)
 
 
 class RequestError(Exception):
@@ -54,15 +69,16 @@ def read_payload(body: bytes, content_type: str | None, modality: str, max_bytes
     kind = media_type(content_type)
     if kind == "application/json":
         return _json_payload(body, modality, max_bytes)
-    if kind == ANY_MEDIA or kind.startswith(MEDIA_PREFIX[modality]):
+    accepted = media_types(modality)
+    if kind == ANY_MEDIA or (kind and kind.startswith(accepted)):
         if not body:
             raise RequestError(400, "empty body: upload the sample or send JSON")
         return body
-    sent = next((m for m, p in MEDIA_PREFIX.items() if kind.startswith(p)), None)
+    sent = _sent_modality(kind) if kind else None
     if sent:
         raise RequestError(415, f"this model serves {modality}, the request carries {sent} ({kind})")
     raise RequestError(415, f"unsupported Content-Type {kind or '(none)'!r}: send application/json, "
-                            f"{MEDIA_PREFIX[modality]}* or {ANY_MEDIA}")
+                            f"{' or '.join(t + '*' for t in accepted)} or {ANY_MEDIA}")
 
 
 def _json_payload(body: bytes, modality: str, max_bytes: int) -> bytes:
@@ -70,14 +86,14 @@ def _json_payload(body: bytes, modality: str, max_bytes: int) -> bytes:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
-    want = '{"text": "..."}' if modality == "text" else '{"data": "<base64>"}'
+    field = _json_field(modality)
+    want = '{"text": "..."}' if field == "text" else '{"data": "<base64>"}'
     if not isinstance(doc, dict):
         raise RequestError(400, f"JSON body must be an object like {want}, got {type(doc).__name__}")
     if unknown := sorted(set(doc) - JSON_FIELDS):
         raise RequestError(400, f"unknown field(s) {unknown}: send {want}")
     if "modality" in doc and doc["modality"] != modality:
         raise RequestError(415, f"this model serves {modality}, the request says modality {doc['modality']!r}")
-    field = "text" if modality == "text" else "data"
     other = "data" if field == "text" else "text"
     if field not in doc:
         if other in doc:

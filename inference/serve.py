@@ -17,7 +17,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +24,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from icpc import storage
 from icpc.contract import Spec
-from inference.calibrate import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
-from inference.cascade import run_cascade
-from inference.http_input import RequestError, check_declared_length, read_payload
+from icpc.inference.calibrate import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
+from icpc.inference.cascade import run_cascade
+from icpc.inference.http_input import RequestError, check_declared_length, read_payload
 
 APP_NAME = "icpc"
 # ServeConfig fields that reach the running replicas through user_config (no restart).
@@ -70,11 +70,6 @@ class ServeConfig:
         return errors
 
 
-def compress_levels(compress, payload: bytes, spec: Spec, levels: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Only ``levels`` of ``payload``, with the pipeline's own compressor (every modality takes ``levels``)."""
-    return compress(payload, spec, levels=levels)
-
-
 def classify(model, spec: Spec, items: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
     """Softmax probabilities ``(C,)`` for each ``(tokens, positions, level)``: one forward pass per level.
 
@@ -84,7 +79,7 @@ def classify(model, spec: Spec, items: list[tuple[np.ndarray, np.ndarray, int]])
     import torch
 
     from icpc.contract import positions_for
-    from training.data import collate
+    from icpc.batching import collate
 
     out: list[np.ndarray | None] = [None] * len(items)
     for level in sorted({lv for _, _, lv in items}):
@@ -108,7 +103,7 @@ class Classifier:
     def __init__(self, checkpoint: str, threads: int = 1):
         import torch
 
-        from inference.evaluate import load_model
+        from icpc.modelio import load_model
 
         torch.set_num_threads(threads)
         self.model, self.spec, _ = load_model(checkpoint)
@@ -164,11 +159,11 @@ class Cascade:
 
     def __init__(self, classifier, model: dict[str, Any], thresholds: list[float] | None, source: str,
                  limits: dict[str, Any]):
-        from pipeline.modalities import get_modality
+        from icpc.pipeline.modalities import get_modality
 
         self.classifier, self.model, self.limits = classifier, model, limits
         self.spec = Spec.from_json(model["spec"])
-        self.compress = get_modality(self.spec.modality).compress
+        self.modality = get_modality(self.spec.modality)
         self.file_thresholds, self.file_source = thresholds, source
         self.thresholds, self.source = thresholds, source
         self.pool = ThreadPoolExecutor(limits["max_ongoing_requests"], thread_name_prefix="cascade")
@@ -219,12 +214,17 @@ class Cascade:
         return JSONResponse(answer)
 
     def run(self, payload: bytes, thresholds: list[float], deadline: float) -> dict[str, Any]:
-        """The cascade for one payload (in a pool thread): compress a level, classify it, decide, repeat."""
+        """The cascade for one payload (in a pool thread): decode once, then compress a level, classify it,
+        decide, repeat."""
         tokens = []
+        try:
+            decoded = self.modality.decode(payload, self.spec)
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the client's answer
+            raise RequestError(422, f"cannot decode the {self.spec.modality} input: {type(exc).__name__}: {exc}") from None
 
         def predict(level: int) -> np.ndarray:
             try:
-                tok, pos = compress_levels(self.compress, payload, self.spec, [level])[0]
+                tok, pos = self.modality.compress(decoded, self.spec, [level]).levels[0]
             except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the client's answer
                 raise RequestError(422, f"cannot decode the {self.spec.modality} input: "
                                         f"{type(exc).__name__}: {exc}") from None
@@ -240,7 +240,7 @@ class Cascade:
 
 def model_info(checkpoint: str) -> dict[str, Any]:
     """What the ingress needs from a checkpoint (spec, classes, strategy), read with ``weights_only``."""
-    from training.train import load_checkpoint
+    from icpc.modelio import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     return {"checkpoint": str(checkpoint), "spec": state["spec"], "classes": list(state["classes"]),
@@ -260,14 +260,14 @@ def serve_config(args: dict[str, Any] | ServeConfig) -> ServeConfig:
 
 
 def build_app(args: dict[str, Any] | ServeConfig):
-    """The Serve application (``import_path: inference.serve:build_app``); ``args`` are ServeConfig fields."""
+    """The Serve application (``import_path: icpc.inference.serve:build_app``); ``args`` are ServeConfig fields."""
     cfg = serve_config(args)
     model = model_info(cfg.checkpoint)
-    path = cfg.thresholds or str(Path(cfg.checkpoint).parent / THRESHOLDS_FILE)
+    path = cfg.thresholds or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
     if cfg.set_thresholds and (errors := check_thresholds(cfg.set_thresholds, len(model["spec"]["ladder"]))):
         raise ValueError("set_thresholds: " + "; ".join(errors))
     # No calibration file is fine when user_config brings thresholds; reconfigure refuses otherwise.
-    thresholds = load_thresholds(path, len(model["spec"]["ladder"])) if Path(path).exists() else None
+    thresholds = load_thresholds(path, len(model["spec"]["ladder"])) if storage.exists(path) else None
     limits = {"max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
               "max_ongoing_requests": cfg.max_ongoing_requests}
     classifier = Classifier.options(
@@ -290,7 +290,7 @@ def app_config(cfg: ServeConfig) -> dict[str, Any]:
     ``reconfigure`` on the running replicas instead of replacing them.
     """
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    return {"name": APP_NAME, "route_prefix": "/", "import_path": "inference.serve:build_app", "args": args,
+    return {"name": APP_NAME, "route_prefix": "/", "import_path": "icpc.inference.serve:build_app", "args": args,
             "deployments": [
                 {"name": "Cascade", "user_config": {"thresholds": cfg.set_thresholds or None}},
                 {"name": "Classifier", "user_config": {"batching": cfg.batching, "max_batch_size": cfg.max_batch_size,
@@ -303,8 +303,8 @@ def deploy(cfg: ServeConfig) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     cfg = serve_config(cfg)
-    path = cfg.thresholds or str(Path(cfg.checkpoint).parent / THRESHOLDS_FILE)
-    if not cfg.set_thresholds and not Path(path).exists():
+    path = cfg.thresholds or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
+    if not cfg.set_thresholds and not storage.exists(path):
         load_thresholds(path, 0)  # raises FileNotFoundError with the fix, before anything is deployed
     if cfg.set_thresholds:
         levels = len(model_info(cfg.checkpoint)["spec"]["ladder"])

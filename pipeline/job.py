@@ -17,11 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from icpc.config import CompressConfig, to_dict
+from icpc import storage
+from icpc.config import to_dict
 from icpc.contract import META_MEMBER, SPLITS, Spec, encode_sample
-from pipeline.modalities import get_modality
-from pipeline.shards import (INDEX_FILE, MANIFEST_FILE, REJECTS_FILE, REJECTS_SCHEMA, ShardWriter,
-                             write_manifest, write_parquet)
+from icpc.dataset import INDEX_FILE, MANIFEST_FILE, REJECTS_FILE
+from icpc.pipeline.config import CompressConfig
+from icpc.pipeline.modalities import get_modality, plugin_env
+from icpc.pipeline.writer import REJECTS_SCHEMA, ShardWriter, write_manifest, write_parquet
+from icpc.progress import Progress
 
 # Fraction of a CPU each Ray Data compression task reserves: leaves room for the driver, which
 # writes the shards, on a 2-core machine.
@@ -54,20 +57,20 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
 def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: int) -> pa.Table:
     """Ray Data map_batches function: record rows in, encoded-sample rows (or reject rows) out."""
     spec = Spec.from_json(spec_json)
-    compress = get_modality(spec.modality).compress
+    modality = get_modality(spec.modality)
     rows = []
     for rec in batch.to_pylist():
         payload = rec.pop("payload", None)
         row = {**rec, "stage": "", "error": "", "members": []}
         try:
             stage = "read"
-            data = payload if payload is not None else read_input(rec["source"], max_input_bytes)
+            data = payload if payload is not None else storage.read_bytes(rec["source"], max_input_bytes)
             stage = "compress"
-            levels = compress(data, spec)
+            out = modality.compress_bytes(data, spec)
             meta = {"key": rec["key"], "source": rec["source"], "split": rec["split"],
-                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in levels],
-                    **getattr(levels, "meta", {})}  # a compressor may add facts, e.g. text's "truncated"
-            sample = encode_sample(rec["key"], rec["label"], levels, meta)
+                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in out.levels],
+                    **out.meta}  # a compressor may add facts, e.g. text's "truncated"
+            sample = encode_sample(rec["key"], rec["label"], out.levels, meta)
             row["members"] = [{"name": k, "data": v} for k, v in sample.items() if k != "__key__"]
         except Exception as exc:  # noqa: BLE001 - any failure of one sample is recorded, the job goes on
             row["stage"], row["error"] = stage, f"{type(exc).__name__}: {exc}"
@@ -86,21 +89,9 @@ class CompressActor:
         return compress_batch(batch, **self.kwargs)
 
 
-def read_input(path: str, max_bytes: int) -> bytes:
-    """The bytes of one input file, refusing empty and oversized files before reading them."""
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError("file is empty")
-    if size > max_bytes:
-        raise ValueError(f"file has {size} bytes, over max_input_bytes={max_bytes}")
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole job; returns the summary (also printed by the CLI)."""
     import ray
-    from tqdm import tqdm
 
     started = time.perf_counter()
     modality = get_modality(cfg.modality)
@@ -114,26 +105,28 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     out = _prepare_output(Path(cfg.output), cfg.overwrite)
     init_ray(cfg.address, cfg.num_cpus)
     if modality.prepare is not None:
-        spec = modality.prepare(getattr(cfg, cfg.modality), [r for r in records if r.split == "train"], out)
+        spec = modality.prepare(cfg.settings, [r for r in records if r.split == "train"], str(out))
     else:
-        spec = modality.build_spec(getattr(cfg, cfg.modality))
+        spec = modality.build_spec(cfg.settings)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # shards are reproducible run to run
     ctx.enable_progress_bars = False               # one bar, the driver's, below
     items = [dataclasses.asdict(r) for r in records]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 256)))
     kwargs = {"spec_json": spec.to_json(), "max_input_bytes": cfg.max_input_bytes}
-    if getattr(getattr(cfg, cfg.modality), "needs_actors", False):  # e.g. text's teacher model, loaded once per actor
+    # a plugin modality named in ICPC_MODALITIES must be importable in the workers too
+    remote_args = {"runtime_env": {"env_vars": plugin_env()}} if plugin_env() else {}
+    if modality.needs_actors(cfg.settings):  # e.g. text's teacher model, loaded once per actor
         actors = max(1, int(ray.available_resources().get("CPU", 1)))  # one model copy per core
         ds = ds.map_batches(CompressActor, fn_constructor_kwargs=kwargs, concurrency=actors,
-                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
+                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS, **remote_args)
     else:
         ds = ds.map_batches(compress_batch, fn_kwargs=kwargs,
-                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS)
+                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS, **remote_args)
 
     writers = {s: ShardWriter(out, s, cfg.shard_samples) for s in SPLITS}
     index_rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(items), unit="sample", desc=f"compress {cfg.modality}", disable=not progress)
+    bar = Progress(len(items), f"compress {cfg.modality}", unit="sample", enabled=progress)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
             bar.update()

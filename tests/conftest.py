@@ -26,7 +26,7 @@ BROKEN = {  # file name -> bytes; each must land in the rejects table
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """A class-balanced Fashion-MNIST subset as PNGs, plus three broken files in train/Bag/."""
-    from pipeline.sources import build_fashion_mnist
+    from icpc.demo.fashion_mnist import build_fashion_mnist
 
     root = tmp_path_factory.mktemp("fmnist")
     build_fashion_mnist(root, TRAIN_IMAGES, TEST_IMAGES, seed=0)
@@ -49,8 +49,9 @@ def ray_local():
 @pytest.fixture(scope="session")
 def compressed(image_folder, ray_local, tmp_path_factory) -> Path:
     """``icpc compress`` output for ``image_folder`` (28,24,20,16,12 px; 4 px patches)."""
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     out = tmp_path_factory.mktemp("data")
     run_compress(finalize(CompressConfig(input=str(image_folder), output=str(out), shard_samples=100,

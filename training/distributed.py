@@ -1,9 +1,10 @@
-"""Who am I in the job: rank and world size from torchrun, Ray Train or nothing, and the process group."""
+"""Who am I in the job: rank and world size from torchrun, Ray Train or nothing; the process group; collectives."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,26 @@ def teardown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_reduce_sum(values: dict, device) -> dict:
+    """Sum each value over ranks (one float64 all-reduce); unchanged outside a process group."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """``obj`` of every rank, in rank order (on every rank)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out

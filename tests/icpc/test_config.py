@@ -1,11 +1,11 @@
-"""Unit tests for icpc/config.py: ``--set`` overrides, type coercion and all-at-once validation."""
+"""Unit tests for icpc/config.py (and the compress config built on it): ``--set`` overrides, type coercion,
+all-at-once validation."""
 
 from __future__ import annotations
 
 import pytest
 
 from icpc.config import (
-    CompressConfig,
     ConfigError,
     EvalConfig,
     ModelConfig,
@@ -15,7 +15,8 @@ from icpc.config import (
     from_dict,
     to_dict,
 )
-from pipeline.image import ImageConfig
+from icpc.pipeline.config import CompressConfig
+from icpc.pipeline.modalities.image import ImageConfig
 
 # ----------------------------------------------------------------------------- overrides
 

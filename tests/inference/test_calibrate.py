@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from inference.calibrate import (OFF, active_order, check_thresholds, evaluate_thresholds, load_thresholds,
+from icpc.inference.calibrate import (OFF, active_order, check_thresholds, evaluate_thresholds, load_thresholds,
                                  search_thresholds)
 from tests.conftest import run_cli
 

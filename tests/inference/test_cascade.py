@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.cascade import cascade_cost, cascade_order, run_cascade, simulate_cascade
+from icpc.inference.cascade import cascade_cost, cascade_order, run_cascade, simulate_cascade
 
 # probs per level for one sample: level 2 says class 1 at 0.6, level 1 says class 2 at 0.85,
 # level 0 says class 0 at 0.7.

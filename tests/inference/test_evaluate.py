@@ -43,7 +43,7 @@ def test_evaluate_refuses_a_dataset_with_another_ladder(checkpoint, compressed, 
     manifest["spec"]["ladder"][1]["params"]["side"] = 20
     (other / "manifest.json").write_text(json.dumps(manifest))
     from icpc.config import EvalConfig, finalize
-    from inference.evaluate import evaluate
+    from icpc.inference.evaluate import evaluate
 
     with pytest.raises(ValueError, match="ladder: model has .* data has"):
         evaluate(finalize(EvalConfig(checkpoint=str(checkpoint), data=str(other), output=str(tmp_path / "e"))))

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from inference.http_input import RequestError, read_payload
-from pipeline.image import ImageConfig, build_spec, compress
+from icpc.inference.http_input import RequestError, read_payload
+from icpc.pipeline.modalities.image import MODALITY, ImageConfig, build_spec
 
 THRESHOLDS = [0.0, 0.9, 0.8, 0.7, 0.6]   # hand-picked: images stop at different levels
 MAX_BODY = 20_000
@@ -20,11 +20,12 @@ MAX_BODY = 20_000
 # ----------------------------------------------------------------------------- pure parts
 
 
-def test_compress_levels_computes_only_the_chosen_levels_in_order(image_folder):
+def test_one_decode_serves_any_levels_in_any_order(image_folder):
     data = next((image_folder / "test" / "Sneaker").glob("*.png")).read_bytes()
     spec = build_spec(ImageConfig())
-    every = compress(data, spec)
-    some = compress(data, spec, levels=[3, 1])
+    every = MODALITY.compress_bytes(data, spec).levels
+    decoded = MODALITY.decode(data, spec)
+    some = MODALITY.compress(decoded, spec, [3]).levels + MODALITY.compress(decoded, spec, [1]).levels
     assert [len(t) for t, _ in some] == [16, 36]
     for (t, p), i in zip(some, [3, 1]):
         np.testing.assert_array_equal(t, every[i][0])
@@ -78,7 +79,7 @@ def app(straight_run, ray_local, tmp_path_factory):
     """The Serve app on 127.0.0.1 with hand-picked thresholds; yields (url, config, deploy)."""
     from ray import serve
 
-    from inference.serve import ServeConfig, deploy, start_serve
+    from icpc.inference.serve import ServeConfig, deploy, start_serve
 
     folder = tmp_path_factory.mktemp("serve")
     (folder / "thresholds.json").write_text(json.dumps({"thresholds": THRESHOLDS}))
@@ -114,12 +115,12 @@ def offline(straight_run):
     """The cascade by hand: the checkpoint's model on the pipeline's compression of each image."""
     import torch
 
-    from inference.evaluate import load_model
+    from icpc.modelio import load_model
 
     model, spec, state = load_model(straight_run / "last.pt")
 
     def decide(data: bytes, thresholds: list[float]) -> dict:
-        levels = compress(data, spec)
+        levels = MODALITY.compress_bytes(data, spec).levels
         tried = []
         for level in [lv for lv in (4, 3, 2, 1, 0) if lv == 0 or thresholds[lv] <= 1]:
             tokens, positions = levels[level]
@@ -202,7 +203,7 @@ def test_unknown_route_and_method(client):
 def test_concurrent_requests_are_batched(client, images):
     from ray import serve
 
-    from inference.serve import APP_NAME
+    from icpc.inference.serve import APP_NAME
 
     classifier = serve.get_deployment_handle("Classifier", APP_NAME)
     before = classifier.stats.remote().result()
@@ -218,7 +219,7 @@ def test_concurrent_requests_are_batched(client, images):
 def test_thresholds_change_at_runtime_without_a_redeploy(app, client, images, offline):
     from ray import serve
 
-    from inference.serve import APP_NAME
+    from icpc.inference.serve import APP_NAME
 
     _, _, deploy = app
     classifier = serve.get_deployment_handle("Classifier", APP_NAME)
@@ -304,14 +305,14 @@ def test_cluster_configs_deploy_this_app(path, straight_run):
     """The `serve deploy` / RayService configs name build_app, its args and deployments as the code does."""
     import yaml
 
-    from inference.serve import Cascade, Classifier, build_app, serve_config
+    from icpc.inference.serve import Cascade, Classifier, build_app, serve_config
     from tests.conftest import REPO
 
     doc = yaml.safe_load((REPO / path).read_text())
     if doc.get("kind") == "RayService":
         doc = yaml.safe_load(doc["spec"]["serveConfigV2"])
     (app,) = doc["applications"]
-    assert app["import_path"] == "inference.serve:build_app"
+    assert app["import_path"] == "icpc.inference.serve:build_app"
     args = {**app["args"], "checkpoint": str(straight_run / "last.pt")}
     args.pop("thresholds")
     cfg = serve_config({**args, "set_thresholds": [0.0, 0.9, 0.9, 0.9, 0.9]})

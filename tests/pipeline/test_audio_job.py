@@ -31,7 +31,7 @@ BROKEN = {  # file in train/3/ -> (stage, words of the reason); each must land i
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     """200 + 40 spoken-digit clips, the broken files above, a good OGG and a 31 s FLAC (capped at 30 s)."""
-    from pipeline.audio_data import build_spoken_digits
+    from icpc.demo.spoken_digits import build_spoken_digits
 
     root = tmp_path_factory.mktemp("digits")
     build_spoken_digits(root, TRAIN_CLIPS, TEST_CLIPS, seed=0)
@@ -54,8 +54,9 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def audio_data(digits, ray_local, tmp_path_factory) -> Path:
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     out = tmp_path_factory.mktemp("audio_data")
     summary = run_compress(finalize(CompressConfig(modality="audio", input=str(digits), output=str(out),
@@ -88,8 +89,8 @@ def test_every_input_once_and_bad_audio_rejected_with_its_reason(audio_data, dig
 
 
 def test_shards_hold_float16_spectrogram_patches_at_every_level(audio_data, digits):
-    from pipeline.audio import build_spec, compress
-    from icpc.config import CompressConfig
+    from icpc.pipeline.modalities.audio import MODALITY, build_spec
+    from icpc.pipeline.config import CompressConfig
 
     manifest = json.loads((audio_data / "manifest.json").read_text())
     assert manifest["modality"] == "audio" and manifest["spec"]["reference_grid"] == [8, 12]
@@ -109,7 +110,7 @@ def test_shards_hold_float16_spectrogram_patches_at_every_level(audio_data, digi
                 assert -1 <= tokens.min() and tokens.max() == 1
             if found == 1:  # the stored level 0 is what the compressor makes of the raw file
                 raw = Path(index[key]["source"]).read_bytes()
-                assert np.array_equal(npy(members["l0.tok.npy"]), compress(raw, spec, [0])[0][0])
+                assert np.array_equal(npy(members["l0.tok.npy"]), MODALITY.compress_bytes(raw, spec, [0]).levels[0][0])
     assert found == len(index)
 
 

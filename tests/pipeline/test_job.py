@@ -107,8 +107,9 @@ def test_shards_read_with_tar_webdataset_and_wids(compressed):
 
 
 def test_compress_is_reproducible(compressed, image_folder, tmp_path, ray_local):
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     run_compress(finalize(CompressConfig(input=str(image_folder), output=str(tmp_path), shard_samples=100)),
                  progress=False)
@@ -117,8 +118,9 @@ def test_compress_is_reproducible(compressed, image_folder, tmp_path, ray_local)
 
 
 def test_refuses_to_overwrite_without_flag(compressed, image_folder):
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_compress(finalize(CompressConfig(input=str(image_folder), output=str(compressed))), progress=False)

@@ -28,7 +28,7 @@ BROKEN = {  # appended JSONL lines -> (stage, part of the reason)
 
 @pytest.fixture(scope="module")
 def glosses(tmp_path_factory) -> Path:
-    from pipeline.text_data import build_wordnet_glosses
+    from icpc.demo.wordnet import build_wordnet_glosses
 
     root = tmp_path_factory.mktemp("wordnet")
     build_wordnet_glosses(root, TRAIN, TEST, seed=0, classes=CLASSES)
@@ -39,8 +39,9 @@ def glosses(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def text_data(glosses, ray_local, tmp_path_factory) -> tuple[Path, dict]:
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     out = tmp_path_factory.mktemp("text_data")
     cfg = finalize(CompressConfig(modality="text", input=str(glosses), output=str(out), shard_samples=100),
@@ -163,7 +164,7 @@ def test_ddp_training_and_evaluation_on_text(text_data, text_run, tmp_path):
 
 def test_evaluation_refuses_another_vocabulary(text_data, text_run, tmp_path):
     from icpc.config import EvalConfig, finalize
-    from inference.evaluate import evaluate
+    from icpc.inference.evaluate import evaluate
 
     other = tmp_path / "other"
     shutil.copytree(text_data[0], other)

@@ -41,7 +41,7 @@ def _encode(path: Path, frames: np.ndarray, codec: str) -> None:
 @pytest.fixture(scope="module")
 def video_folder(tmp_path_factory) -> Path:
     """Moving Fashion-MNIST mp4s (train/, test/) plus one broken file of each kind in train/E/."""
-    from pipeline.video_data import build_moving_fashion_mnist
+    from icpc.demo.moving_mnist import build_moving_fashion_mnist
 
     root = tmp_path_factory.mktemp("mfm")
     build_moving_fashion_mnist(root, TRAIN_CLIPS, TEST_CLIPS, seed=0)
@@ -56,8 +56,9 @@ def video_folder(tmp_path_factory) -> Path:
 
 
 def _compress(folder: Path, out: Path, *sets: str) -> Path:
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
 
     run_compress(finalize(CompressConfig(modality="video", input=str(folder), output=str(out), shard_samples=80,
                                          overwrite=True), list(sets)), progress=False)

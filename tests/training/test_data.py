@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from icpc.contract import draw_level, encode_sample
-from pipeline.image import ImageConfig, build_spec
-from training.data import apply_strategy, batch_by_level, collate, fixed_level, pick_levels, steps_per_epoch
-from training.model import warmup_cosine
+from icpc.pipeline.modalities.image import ImageConfig, build_spec
+from icpc.batching import collate
+from icpc.training.data import apply_strategy, batch_by_level, fixed_level, pick_levels, steps_per_epoch
+from icpc.training.model import warmup_cosine
 
 # 28 px images, 4 px patches: level 0 is a 7x7 grid, level 1 (12 px) a 3x3 grid.
 SPEC = build_spec(ImageConfig(sides=[28, 12], patch=4, channels=1))
@@ -219,8 +220,8 @@ def test_warmup_cosine_without_warmup():
 def test_a_rank_whose_shards_hold_nothing_readable_fails_instead_of_spinning(tmp_path):
     import webdataset as wds
 
-    from pipeline.image import ImageConfig, build_spec
-    from training.data import train_batches
+    from icpc.pipeline.modalities.image import ImageConfig, build_spec
+    from icpc.training.data import train_batches
 
     shard = tmp_path / "train-000000.tar"
     with wds.TarWriter(str(shard), encoder=False) as w:  # samples without any level: nothing to train on
@@ -234,7 +235,7 @@ def test_a_rank_whose_shards_hold_nothing_readable_fails_instead_of_spinning(tmp
 
 def test_resume_refuses_settings_that_change_the_run(tmp_path):
     from icpc.config import TrainConfig, to_dict
-    from training.train import check_resume_config
+    from icpc.training.checkpoint import check_resume_config
 
     saved = to_dict(TrainConfig())
     check_resume_config(saved, to_dict(TrainConfig(epochs=20)), tmp_path / "last.pt")  # more epochs: fine
@@ -243,7 +244,7 @@ def test_resume_refuses_settings_that_change_the_run(tmp_path):
 
 
 def test_length_buckets_keep_short_and_long_texts_apart():
-    from training.data import batch_by_level
+    from icpc.training.data import batch_by_level
 
     samples = [{"key": f"k{i}", "label": 0, "level": 0, "tokens": np.arange(n, dtype=np.int32),
                 "positions": np.arange(n, dtype=np.int32)} for i, n in enumerate([3, 30, 4, 31, 5, 29])]

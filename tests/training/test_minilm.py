@@ -12,9 +12,9 @@ import transformers  # noqa: E402,F401
 import torch  # noqa: E402
 
 from icpc.config import ModelConfig  # noqa: E402
-from pipeline.text import TextConfig, build_spec, compress  # noqa: E402
-from pipeline.text_data import read_glosses  # noqa: E402
-from training.minilm import MiniLMClassifier, minilm_path  # noqa: E402
+from icpc.pipeline.modalities.text import MODALITY, TextConfig, build_spec  # noqa: E402
+from icpc.demo.wordnet import read_glosses  # noqa: E402
+from icpc.training.minilm import MiniLMClassifier, minilm_path  # noqa: E402
 
 MAX_LEN = 48
 
@@ -37,16 +37,16 @@ def test_level0_tokens_equal_hugging_face_bert_tokenizer(spec):
     texts = [g for _, _, g in read_glosses()[::400] if "'" not in g][:150]  # spaCy splits contractions its own way
     checked = 0
     for t in texts:
-        levels = compress(t.encode(), spec)
-        if levels.meta["truncated"]:
+        out = MODALITY.compress_bytes(t.encode(), spec)
+        if out.meta["truncated"]:
             continue
-        assert levels[0][0].tolist() == hf(t)["input_ids"], t
+        assert out.levels[0][0].tolist() == hf(t)["input_ids"], t
         checked += 1
     assert checked > 100
 
 
 def test_consistent_positions_reach_the_model_and_padding_is_ignored(spec, model):
-    tokens, positions = compress(b"a large heavy animal with thick grey skin and a long trunk", spec)[3]
+    tokens, positions = MODALITY.compress_bytes(b"a large heavy animal with thick grey skin and a long trunk", spec).levels[3]
     t = torch.from_numpy(tokens)[None].long()
     p = torch.from_numpy(positions)[None].long()
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_a_few_steps_fit_a_tiny_batch(spec, model):
     model.train()
     texts = [b"a domestic cat", b"a tall tree with leaves", b"a large wild cat", b"a small shrub with berries"]
     labels = torch.tensor([0, 1, 0, 1])
-    rows = [compress(t, spec)[0] for t in texts]
+    rows = [MODALITY.compress_bytes(t, spec).levels[0] for t in texts]
     n = max(len(r[0]) for r in rows)
     tokens = torch.from_numpy(np.stack([np.pad(r[0], (0, n - len(r[0]))) for r in rows])).long()
     positions = torch.from_numpy(np.stack([np.pad(r[1], (0, n - len(r[1]))) for r in rows])).long()

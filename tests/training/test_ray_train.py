@@ -9,7 +9,7 @@ from icpc.config import TrainConfig, finalize
 
 
 def test_ray_train_runs_the_same_training_with_two_ranks(compressed, ray_local, tmp_path):
-    from training.ray_train import run_ray_train
+    from icpc.training.ray_train import run_ray_train
 
     cfg = finalize(TrainConfig(data=str(compressed), output=str(tmp_path), epochs=1, batch_size=16),
                    ["model.dim=32", "model.depth=1", "max_steps_per_epoch=4", "shuffle_buffer=50", "threads=1"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from icpc.contract import Spec
-from pipeline import text
-from pipeline.text import TextConfig, build_spec, compress
-from pipeline.text_corpus import build_vocab, count_texts, count_texts_ray
+from icpc.pipeline.modalities import text_tokens as text
+from icpc.pipeline.modalities.text import MODALITY, TextConfig, build_spec
+from icpc.pipeline.modalities.text_corpus import build_vocab, count_texts, count_texts_ray
 
 # One piece per word except zebra (zeb ##ra), so positions shift by one after it.
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "zeb", "##ra", "ate", "common", "grass", ".", "dog", "quickly",
@@ -21,10 +21,15 @@ SENTENCE = "The zebra ate the common grass."
 ONE_WORD_LESS = [1.0, 0.86, 0.72, 0.58, 0.43, 0.29, 0.15]  # 7 words: 7, 6, 5, 4, 3, 2, 1 kept
 
 
+def compress(payload: bytes, spec: Spec, levels=None):
+    """Decode then compress, as the pipeline does (levels and meta)."""
+    return MODALITY.compress_bytes(payload, spec, levels)
+
+
 @pytest.fixture(scope="module")
 def wordnet_texts() -> list[bytes]:
     """330 real WordNet noun glosses (Debian's wordnet-base)."""
-    from pipeline.text_data import read_glosses
+    from icpc.demo.wordnet import read_glosses
 
     return [gloss.encode() for _, _, gloss in read_glosses()[:: 250]][:330]
 
@@ -49,7 +54,7 @@ def test_wordpiece_and_normalisation_by_hand():
 
 def test_importance_order_punctuation_then_stop_words_then_common_words():
     levels = compress(SENTENCE.encode(), _spec())
-    assert [_words(t) for t, _ in levels] == [
+    assert [_words(t) for t, _ in levels.levels] == [
         "the zebra ate the common grass .",
         "the zebra ate the common grass",   # punctuation first
         "the zebra ate common grass",       # stop words next; of two equal words the later goes first
@@ -63,12 +68,12 @@ def test_importance_order_punctuation_then_stop_words_then_common_words():
 
 def test_positions_are_original_subword_indices():
     levels = compress(SENTENCE.encode(), _spec())
-    tokens0, pos0 = levels[0]
+    tokens0, pos0 = levels.levels[0]
     # [CLS] the zeb ##ra ate the common grass . [SEP]
     assert tokens0.tolist() == [2, 4, 5, 6, 7, 4, 8, 9, 10, 3] and pos0.tolist() == list(range(10))
-    assert levels[-1][0].tolist() == [2, 5, 6, 3] and levels[-1][1].tolist() == [0, 2, 3, 9]
-    assert levels[4][1].tolist() == [0, 2, 3, 4, 7, 9]  # zebra ate grass
-    for tokens, pos in levels:
+    assert levels.levels[-1][0].tolist() == [2, 5, 6, 3] and levels.levels[-1][1].tolist() == [0, 2, 3, 9]
+    assert levels.levels[4][1].tolist() == [0, 2, 3, 4, 7, 9]  # zebra ate grass
+    for tokens, pos in levels.levels:
         assert tokens.dtype == np.int32 and pos.dtype == np.int32
         assert np.all(np.diff(pos) > 0) and pos[0] == 0 and pos[-1] == 9
         assert np.array_equal(tokens0[pos], tokens)  # every kept token is the original token at its position
@@ -79,17 +84,17 @@ def test_keep_counts_and_min_words():
     assert text.keep_count(2, 0.4, 3) == 2           # never more than the text has
     assert text.keep_count(5, 0.5, 1) == 3           # 2.5 rounds half up
     spec = build_spec(TextConfig(max_len=32), VOCAB, DF, 100)
-    counts = [len(t) - 2 for t, _ in compress(b"the dog ate the grass quickly", spec)]
+    counts = [len(t) - 2 for t, _ in compress(b"the dog ate the grass quickly", spec).levels]
     assert counts == [6, 5, 4, 3, 3]                  # 6 words at keep 1, .85, .7, .55, .4 with min_words 3
-    assert [len(t) for t, _ in compress(b"dog", spec)] == [3] * 5  # a one-word text is never emptied
+    assert [len(t) for t, _ in compress(b"dog", spec).levels] == [3] * 5  # a one-word text is never emptied
 
 
 def test_truncation_to_max_len_before_pruning():
     spec = _spec(max_len=8)
     levels = compress(b"the zebra ate the common grass and the dog ate the cat", spec)
     assert levels.meta["truncated"] and levels.meta["words"] == 5   # 5 words = 6 pieces + [CLS] + [SEP] = 8
-    assert len(levels[0][0]) == 8 and levels[0][1][-1] == 7
-    assert _words(levels[0][0]) == "the zebra ate the common"
+    assert len(levels.levels[0][0]) == 8 and levels.levels[0][1][-1] == 7
+    assert _words(levels.levels[0][0]) == "the zebra ate the common"
     assert not compress(b"the zebra", spec).meta["truncated"]
 
 
@@ -97,7 +102,7 @@ def test_levels_argument_computes_only_those():
     spec = _spec()
     all_levels = compress(SENTENCE.encode(), spec)
     some = compress(SENTENCE.encode(), spec, levels=[6, 2])
-    assert [t.tolist() for t, _ in some] == [all_levels[6][0].tolist(), all_levels[2][0].tolist()]
+    assert [t.tolist() for t, _ in some.levels] == [all_levels.levels[6][0].tolist(), all_levels.levels[2][0].tolist()]
 
 
 @pytest.mark.parametrize("payload, reason", [(b"caf\xe9 au lait", "not valid UTF-8"), (b"", "empty"),
@@ -163,9 +168,9 @@ def test_pos_scorer_with_a_trained_pipeline(tmp_path):
     by_idf = compress(sentence.encode(), _spec(keep=keep))
     by_pos = compress(sentence.encode(), _spec(keep=keep, scorer="pos", spacy_model=str(tmp_path / "tagger")))
     # IDF alone: "quickly" (df 5) outranks "grass" (df 10) and the unseen "big"
-    assert _words(by_idf[3][0]) == "big zebra quickly"
+    assert _words(by_idf.levels[3][0]) == "big zebra quickly"
     # POS first: the adverb goes before the nouns, the verb and the adjective, whatever its IDF
-    assert _words(by_pos[2][0]) == "big zebra ate grass" and _words(by_pos[3][0]) == "big zebra grass"
+    assert _words(by_pos.levels[2][0]) == "big zebra ate grass" and _words(by_pos.levels[3][0]) == "big zebra grass"
     assert by_pos.meta["words"] == 7
 
 
@@ -177,15 +182,15 @@ def test_real_glosses_keep_original_positions_at_every_level(wordnet_texts):
     truncated = 0
     for payload in wordnet_texts:
         levels = compress(payload, spec)
-        tokens0, pos0 = levels[0]
+        tokens0, pos0 = levels.levels[0]
         assert pos0.tolist() == list(range(len(tokens0))) and len(tokens0) <= 48
         assert tokens0[0] == spec.tokenization["cls_id"] and tokens0[-1] == spec.tokenization["sep_id"]
         truncated += levels.meta["truncated"]
         n = levels.meta["words"]
-        for keep, (tokens, pos) in zip(cfg.keep, levels):
+        for keep, (tokens, pos) in zip(cfg.keep, levels.levels):
             assert np.all(np.diff(pos) > 0) and pos[0] == 0 and pos[-1] == pos0[-1]
             assert np.array_equal(tokens0[pos], tokens)
             assert len(tokens) <= len(tokens0)
-        assert [len(t) for t, _ in levels] == sorted((len(t) for t, _ in levels), reverse=True)
+        assert [len(t) for t, _ in levels.levels] == sorted((len(t) for t, _ in levels.levels), reverse=True)
         assert n >= 1
     assert 0 < truncated < len(wordnet_texts) // 2     # some long glosses are cut at 48 tokens, most are not

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.text import minilm_vocab, normalize, wordpiece
+from icpc.pipeline.modalities.text_tokens import minilm_path, minilm_vocab, normalize, wordpiece
 
 TEACHER_MAX_TOKENS = 512   # MiniLM's position table
 
@@ -25,8 +25,6 @@ def teacher():
     """(BertModel with eager attention so that it returns attention maps, token ids of its vocabulary)."""
     import torch
     from transformers import BertModel
-
-    from training.minilm import minilm_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)   # a Ray actor holds half a CPU (pipeline/job.py TASK_CPUS)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from icpc.contract import SPLITS, sanitize_key, split_of
-from pipeline.sources import Record, Reject, duplicate_key, limit_per_split, shuffled
+from icpc.pipeline.scan import Record, Reject, duplicate_key, limit_per_split, shuffled
 
 TABLE_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 

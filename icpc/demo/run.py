@@ -9,85 +9,23 @@ under ``--workdir``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from icpc.config import CompressConfig, EvalConfig, finalize
-
-
-# name -> builder(output folder, train samples, test samples, seed) -> {split: count}; each builds
-# a demo data set offline from Debian/PyPI packages, in the layout `icpc compress` reads.
-DatasetBuilder = Callable[[Path, int, int, int], dict[str, int]]
-
-
-def _fashion_mnist(output: Path, train: int, test: int, seed: int) -> dict[str, int]:
-    from pipeline.sources import build_fashion_mnist
-
-    return build_fashion_mnist(output, train, test, seed)
-
-
-def _spoken_digits(output: Path, train: int, test: int, seed: int) -> dict[str, int]:
-    from pipeline.audio_data import build_spoken_digits
-
-    return build_spoken_digits(output, train, test, seed)
-
-
-def _moving_fashion_mnist(output: Path, train: int, test: int, seed: int) -> dict[str, int]:
-    from pipeline.video_data import build_moving_fashion_mnist
-
-    return build_moving_fashion_mnist(output, train or 3600, test or 400, seed)
-
-
-def _wordnet_glosses(output: Path, train: int, test: int, seed: int) -> dict[str, int]:
-    from pipeline.text_data import build_wordnet_glosses
-
-    return build_wordnet_glosses(output, train, test, seed)
-
-
-DATASETS: dict[str, DatasetBuilder] = {
-    "fashion-mnist": _fashion_mnist,
-    "wordnet-glosses": _wordnet_glosses,
-    "spoken-digits": _spoken_digits,
-    "moving-fashion-mnist": _moving_fashion_mnist,
-}
-
-
-@dataclass(frozen=True)
-class Demo:
-    """How one modality's demo runs: build its data set, then the shared compress/train/evaluate path."""
-
-    dataset: str                                # a DATASETS name; built into WORKDIR/<dataset>
-    input_name: str = ""                        # what to pass as --input, relative to that folder ("" = the folder)
-    train: int = 0                              # default training samples
-    test: int = 0                               # default test samples
-    epochs: int = 8
-    compress_sets: tuple[str, ...] = ()         # --set overrides for icpc compress
-    train_sets: tuple[str, ...] = ()            # --set overrides for icpc train
-    shard_samples: int = 250
-
-
-DEMOS: dict[str, Demo] = {
-    "image": Demo("fashion-mnist", train=20000, test=2000, epochs=8),
-    # 10 largest noun lexicographer files x 1,000 glosses (900 train, 100 test each)
-    "text": Demo("wordnet-glosses", input_name="glosses.jsonl", train=9000, test=1000, epochs=6),
-    # 1600 train clips: batch 32 gives 22 steps per rank and epoch (64 gave 11, too few to learn in 20 epochs)
-    "audio": Demo("spoken-digits", train=1600, test=400, epochs=20, train_sets=("batch_size=32",),
-                  shard_samples=100),
-    "video": Demo("moving-fashion-mnist", train=3600, test=400, epochs=4, shard_samples=200,
-                  train_sets=("model.dim=64", "model.depth=2", "batch_size=32")),
-}
+from icpc.config import EvalConfig, finalize
+from icpc.demo import DATASETS, DEMOS
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import ray
 
-    from icpc.cli import launch_torchrun
-    from inference.evaluate import evaluate, format_report
-    from pipeline.job import format_summary, run_compress
+    from icpc.inference.evaluate import evaluate, format_report
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import format_summary, run_compress
+    from icpc.training.launch import launch_torchrun
 
     demo = DEMOS[args.modality]
     work = Path(args.workdir)
@@ -100,7 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     stage(f"build the {args.modality} demo data set ({demo.dataset})")
     train, test, epochs = args.train or demo.train, args.test or demo.test, args.epochs or demo.epochs
-    counts = DATASETS[demo.dataset](work / demo.dataset, train, test, 0)
+    counts = DATASETS[demo.dataset](str(work / demo.dataset), train, test, 0)
     raw = work / demo.dataset / demo.input_name if demo.input_name else work / demo.dataset
     print(f"{counts} samples in {work / demo.dataset}")
 
@@ -138,14 +76,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _epoch_seconds(metrics_csv: Path) -> list[float]:
-    with open(metrics_csv) as f:
-        return [float(r["epoch_seconds"]) for r in csv.DictReader(f)]
+    from icpc.training.metrics import read_csv
+
+    return [float(r["epoch_seconds"]) for r in read_csv(str(metrics_csv))]
 
 
 def comparison(reports: dict[str, dict[str, Any]], epoch_seconds: dict[str, list[float]]) -> str:
     """Markdown table: test accuracy per level for each run, epoch time, and the ICPC cascade."""
-    import statistics
-
     icpc, base = reports["icpc"], reports["baseline"]
     med = {n: statistics.median(s) for n, s in epoch_seconds.items()}
     lines = ["| test accuracy | " + " | ".join(f"L{lv['level']} {lv['name']} ({lv.get('mean_tokens', lv['tokens']):.4g} tok)"

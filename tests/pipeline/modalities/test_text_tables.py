@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from icpc.config import CompressConfig, finalize
-from pipeline.text_data import LEXNAMES, build_wordnet_glosses, parse_data_line
-from pipeline.text_scan import scan_text_tables
+from icpc.config import finalize
+from icpc.pipeline.config import CompressConfig
+from icpc.demo.wordnet import LEXNAMES, build_wordnet_glosses, parse_data_line
+from icpc.pipeline.modalities.text_tables import scan_text_tables
 
 ROWS = [  # (text bytes, label, split)
     (b"a domesticated carnivorous mammal", "animal", "train"),

@@ -112,7 +112,7 @@ def synthesize(voice: Voice, word: str, path: Path, scratch: Path) -> None:
     """
     import soundfile as sf
 
-    from pipeline.audio import fit_duration
+    from icpc.pipeline.modalities.audio import fit_duration
 
     stem = f"{path.parent.parent.name}_{path.parent.name}_{path.stem}"  # unique per clip: split, digit, voice
     raw, trimmed = scratch / f"{stem}.raw.wav", scratch / f"{stem}.trim.wav"

@@ -1,7 +1,8 @@
-"""Audio compression by spectrogram size modulation: one mel spectrogram per level, fewer frames and mel bins."""
+"""The audio modality: spectrogram size modulation, one mel spectrogram per level with fewer frames and mel bins."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -12,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from icpc.contract import Level, Spec, consistent_positions
+from icpc.pipeline.modalities.base import Compressed, Modality
+from icpc.pipeline.scan import file_scanner
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg"}
 # Sample rates outside this range are refused as implausible (a garbled header, not audio).
@@ -83,7 +86,7 @@ def build_spec(cfg: AudioConfig) -> Spec:
     pf, pt = cfg.patch
     ladder = tuple(Level({"frames": n, "mels": m}, (m // pf, n // pt), (m // pf) * (n // pt)) for n, m in cfg.ladder)
     tokenization = {
-        "patch": [pf, pt], "token_dim": pf * pt, "sample_rate": cfg.sample_rate, "duration_s": cfg.duration_s,
+        "patch": [pf, pt], "token_dim": pf * pt, "token_dtype": "float16", "sample_rate": cfg.sample_rate, "duration_s": cfg.duration_s,
         "n_fft": cfg.n_fft, "f_min": cfg.f_min, "f_max": cfg.f_max or cfg.sample_rate / 2, "top_db": cfg.top_db,
         "max_seconds": cfg.max_seconds, "silence_dbfs": cfg.silence_dbfs,
         "values": "mel power in dB relative to the clip's peak, (dB - peak) / (top_db / 2) + 1, clamped to [-1, 1]",
@@ -198,54 +201,69 @@ def log_mel(wave, tok: dict[str, Any], frames: int, mels: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- compressor
 
 
-class AudioLevels(list):
-    """The compressor's ``[(tokens, positions), ...]`` with ``meta``: what happened to the clip (for its JSON)."""
+@dataclass
+class Clip:
+    """A decoded clip: mono float32 ``(samples,)`` at the dataset rate, fitted to its duration."""
 
-    def __init__(self, levels: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any]):
-        super().__init__(levels)
-        self.meta = meta
+    signal: np.ndarray
+    seconds: float       # length of the file (s)
+    truncated: bool      # the file was longer than max_seconds and only that much was decoded
 
 
-def compress(data: bytes, spec: Spec, levels: Sequence[int] | None = None) -> AudioLevels:
-    """Encoded audio -> [(patches float16 (N_i, pf*pt), positions int32 (N_i,))] for every level.
-
-    Decode (soundfile), downmix, resample to the dataset rate (torchaudio), fit to the dataset
-    duration, then one mel spectrogram per level straight from the waveform. ``levels`` computes
-    only those levels, in that order (the server's cascade); None = all. ``meta`` records the
-    file's duration and whether it was cut at ``max_seconds`` (``truncated``, counted by the job).
-    """
+@contextlib.contextmanager
+def _one_thread():
+    """These tensors are tiny: one thread takes ~0.1 ms per level where torch's thread pool,
+    contending for a busy 2-core machine, took 50 ms (measured), so decode and compress
+    single-threaded. (Ray workers already run with OMP_NUM_THREADS=1; this covers in-process callers.)"""
     import torch
 
-    tok = spec.tokenization
-    wave, rate, seconds = decode_audio(data, float(tok["max_seconds"]), float(tok["silence_dbfs"]))
     threads = torch.get_num_threads()
-    # These tensors are tiny: one thread takes ~0.1 ms per level where torch's thread pool,
-    # contending for a busy 2-core machine, took 50 ms (measured), so compress single-threaded.
-    # (Ray workers already run with OMP_NUM_THREADS=1; this covers in-process callers.)
     torch.set_num_threads(1)
     try:
-        return _compress_wave(wave, rate, seconds, spec, levels)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _compress_wave(wave: np.ndarray, rate: int, seconds: float, spec: Spec,
-                   levels: Sequence[int] | None) -> AudioLevels:
+def decode(data: bytes, spec: Spec) -> Clip:
+    """Encoded audio -> the clip at the dataset rate and duration: decode (soundfile), downmix,
+    resample (torchaudio), zero-pad or cut to the loudest ``duration_s`` window."""
     import torch
     import torchaudio
 
     tok = spec.tokenization
+    wave, rate, seconds = decode_audio(data, float(tok["max_seconds"]), float(tok["silence_dbfs"]))
     target = int(tok["sample_rate"])
-    signal = torch.from_numpy(np.ascontiguousarray(wave))
-    if rate != target:
-        signal = torchaudio.functional.resample(signal, rate, target)
+    with _one_thread():
+        signal = torch.from_numpy(np.ascontiguousarray(wave))
+        if rate != target:
+            signal = torchaudio.functional.resample(signal, rate, target)
     samples = clip_samples(target, float(tok["duration_s"]))
-    signal = torch.from_numpy(fit_duration(signal.numpy(), samples, target))
+    return Clip(fit_duration(signal.numpy(), samples, target), seconds, seconds > float(tok["max_seconds"]))
+
+
+def compress(clip: Clip, spec: Spec, levels: Sequence[int] | None = None) -> Compressed:
+    """Decoded clip -> patches float16 (N_i, pf*pt) and positions int32 (N_i,) per level.
+
+    One mel spectrogram per level straight from the waveform. ``levels`` computes only those
+    levels, in that order (the server's cascade); None = all. ``meta`` records the file's duration
+    and whether it was cut at ``max_seconds`` (``truncated``, counted by the job).
+    """
+    import torch
+
+    tok = spec.tokenization
     pf, pt = tok["patch"]
+    signal = torch.from_numpy(clip.signal)
     out = []
-    for level in (spec.ladder if levels is None else [spec.ladder[i] for i in levels]):
-        spectrogram = log_mel(signal, tok, int(level.params["frames"]), int(level.params["mels"]))
-        out.append((patchify_spectrogram(spectrogram, pf, pt).astype(np.float16),
-                    consistent_positions(spec.reference_grid, level.grid)))
-    meta = {"seconds": round(seconds, 3), "truncated": seconds > float(tok["max_seconds"])}
-    return AudioLevels(out, meta)
+    with _one_thread():
+        for level in (spec.ladder if levels is None else [spec.ladder[i] for i in levels]):
+            spectrogram = log_mel(signal, tok, int(level.params["frames"]), int(level.params["mels"]))
+            out.append((patchify_spectrogram(spectrogram, pf, pt).astype(np.float16),
+                        consistent_positions(spec.reference_grid, level.grid)))
+    return Compressed(out, {"seconds": round(clip.seconds, 3), "truncated": clip.truncated})
+
+
+MODALITY = Modality(
+    name="audio", config_type=AudioConfig, build_spec=build_spec, scan=file_scanner(AUDIO_EXTENSIONS),
+    decode=decode, compress=compress, media_types=("audio/",), embedding="linear", shared_positions=True,
+)

@@ -1,7 +1,6 @@
 """Corpus statistics of a text training split by a distributed Ray pass: document frequencies and the vocabulary.
 
-``prepare`` is the text modality's hook that ``pipeline/job.run_compress`` calls before it
-compresses anything: Ray tasks count, per chunk of training texts, in how many texts each word
+The text modality's ``prepare`` hook (``text.py``) runs this before anything is compressed: Ray tasks count, per chunk of training texts, in how many texts each word
 occurs and how often each normalised unit occurs; the driver sums the counters, builds the
 WordPiece vocabulary (or takes MiniLM's) and puts both into ``spec.tokenization``, so
 compression, training, evaluation and a server score and tokenize every text identically from
@@ -10,20 +9,14 @@ the manifest or the checkpoint alone. Copies go to ``vocab.txt`` and ``idf.json`
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Sequence
 
-from icpc.contract import Spec
-from pipeline.sources import Record
-from pipeline.text import CHARS_PER_TOKEN, SPECIALS, TextConfig, build_spec, decode_text, idf, load_nlp, normalize
+from icpc.pipeline.modalities.text_tokens import CHARS_PER_TOKEN, SPECIALS, decode_text, load_nlp, normalize
 
 # Fraction of a CPU each counting task reserves (as the compression tasks do, see pipeline/job.py).
 TASK_CPUS = 0.5
 TEXTS_PER_TASK = 2000   # spaCy's tokenizer does ~10k short texts/s, so a task is ~0.2 s of work plus overhead
-VOCAB_FILE = "vocab.txt"
-IDF_FILE = "idf.json"
 
 
 def count_texts(payloads: Sequence[bytes], spacy_model: str = "", max_chars: int = 64 * CHARS_PER_TOKEN
@@ -82,31 +75,3 @@ def build_vocab(units: Counter, vocab_size: int, min_count: int) -> list[str]:
             vocab.append(unit)
             seen.add(unit)
     return vocab
-
-
-def prepare(cfg: TextConfig, train: list[Record], out_dir: Path) -> Spec:
-    """The modality's prepare hook: Ray pass over the training texts -> spec with vocabulary and IDF table."""
-    if not train:
-        raise ValueError("the text modality builds its IDF table (and vocabulary) from the training split, "
-                         "which is empty; give the input a split column with train rows or lower test_fraction")
-    max_chars = cfg.max_len * CHARS_PER_TOKEN
-    df_all, units, docs = count_texts_ray([r.payload or b"" for r in train], cfg.spacy_model, max_chars)
-    df = {w: n for w, n in df_all.items() if n >= cfg.min_count}
-    vocab = build_vocab(units, cfg.vocab_size, cfg.min_count) if cfg.vocab == "corpus" else None
-    spec = build_spec(cfg, vocab, df, docs)
-    tok = spec.tokenization
-    words = tok["vocab"] or _minilm_words()
-    (out_dir / VOCAB_FILE).write_text("\n".join(words) + "\n", encoding="utf-8")
-    (out_dir / IDF_FILE).write_text(json.dumps({
-        "docs": docs, "min_count": cfg.min_count, "df_sha256": tok["df_sha256"],
-        "idf": {w: round(idf(n, docs), 6) for w, n in tok["df"].items()}, "df": tok["df"]},
-        ensure_ascii=False, indent=0), encoding="utf-8")
-    print(f"text corpus pass: {docs} training texts, {len(df_all)} distinct words ({len(df)} with df >= "
-          f"{cfg.min_count} in the IDF table), vocabulary {cfg.vocab} of {tok['vocab_size']} entries", flush=True)
-    return spec
-
-
-def _minilm_words() -> list[str]:
-    from pipeline.text import minilm_vocab
-
-    return minilm_vocab()

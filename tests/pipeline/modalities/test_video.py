@@ -8,11 +8,16 @@ import av
 import numpy as np
 import pytest
 
-from icpc.config import CompressConfig
+from icpc.pipeline.config import CompressConfig
 from icpc.contract import consistent_positions
-from pipeline.video import (VideoConfig, build_spec, compress, decode_levels, decode_size, frame_indices,
-                            to_channels, tubelets)
-from pipeline.video_data import DIRECTIONS, moving_clip, write_mp4
+from icpc.pipeline.modalities.video import (MODALITY, VideoConfig, build_spec, decode_levels, decode_size,
+                                            frame_indices, to_channels, tubelets)
+from icpc.demo.moving_mnist import DIRECTIONS, moving_clip, write_mp4
+
+
+def compress(data: bytes, spec, levels=None):
+    """Decode then compress, as the pipeline does; the levels' (tokens, positions)."""
+    return MODALITY.compress_bytes(data, spec, levels).levels
 
 
 def _encode(frames: np.ndarray, codec: str = "libx264", fmt: str = "mp4", fps: int = 8) -> bytes:
@@ -187,7 +192,7 @@ def test_av1_is_refused_with_the_codec_named():
 
 
 def test_csv_input_scans_videos_and_rejects_missing_or_foreign_files(tmp_path):
-    from pipeline.modalities import get_modality
+    from icpc.pipeline.modalities import get_modality
 
     clip = moving_clip(np.full((28, 28), 200, dtype=np.uint8), "W", (0, 0))
     for name in ("a.mp4", "b.mov"):

@@ -1,4 +1,4 @@
-"""Atomic WebDataset shard writing, and the Parquet index, rejects table and manifest beside the shards."""
+"""The writer side of a dataset: atomic WebDataset shards, the Parquet index, the rejects table and the manifest."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icpc.contract import SCHEMA_VERSION, Spec
+from icpc.dataset import MANIFEST_FILE
 
-INDEX_FILE = "index.parquet"
-REJECTS_FILE = "rejects.parquet"
-MANIFEST_FILE = "manifest.json"
 REJECTS_SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), ("stage", pa.string()),
                             ("error", pa.string())])
 
@@ -112,22 +110,3 @@ def write_manifest(folder: str | os.PathLike, spec: Spec, seed: int, config: Map
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, Path(folder) / MANIFEST_FILE)
     return manifest
-
-
-def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {folder!s} is not an ICPC dataset; build one with 'icpc compress'")
-    manifest = json.loads(path.read_text())
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {manifest.get('schema_version')} but this ICPC reads "
-                         f"{SCHEMA_VERSION}; re-run 'icpc compress'")
-    return manifest
-
-
-def split_shards(manifest: Mapping[str, Any], folder: str | os.PathLike, split: str) -> list[str]:
-    """Paths of the shards of ``split``, in manifest order."""
-    paths = [str(Path(folder) / s["name"]) for s in manifest["shards"] if s["split"] == split]
-    if not paths:
-        raise ValueError(f"dataset {folder!s} has no {split!r} shards (splits: {dict(manifest['counts'])})")
-    return paths

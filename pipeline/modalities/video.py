@@ -1,4 +1,4 @@
-"""Video compression by spatio-temporal resolution modulation: decord decodes only the frames each level keeps."""
+"""The video modality: spatio-temporal resolution modulation; decord decodes only the frames the levels keep."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from icpc.contract import Level, Spec, consistent_positions
+from icpc.pipeline.modalities.base import Compressed, Modality
+from icpc.pipeline.scan import file_scanner
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 # Frames larger than this many pixels are refused before a batch is decoded at full size
@@ -66,7 +68,7 @@ def build_spec(cfg: VideoConfig) -> Spec:
                    for f, s in zip(cfg.frames, cfg.sides))
     return Spec("video", ladder[0].grid, ladder,
                 {"tubelet": [t, p, p], "channels": cfg.channels, "token_dim": t * p * p * cfg.channels,
-                 "decode_scale": cfg.decode_scale})
+                 "token_dtype": "uint8", "decode_scale": cfg.decode_scale})
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -179,59 +181,90 @@ def _codec_hint(data: bytes) -> str:
     return ""
 
 
+class Clip:
+    """A video opened for decoding: frames are decoded when first asked for and kept, so a server
+    that tries level 4, then level 3, decodes each frame once.
+
+    Frame indices refer to the frames decord actually indexes (its packet count, not the
+    container header's frame count or duration). With ``decode_scale`` decord already scales
+    frames to the largest side asked for (``decode_size``) while decoding; each frame is kept as
+    its centred square (uint8 RGB ``(S, S, 3)``). A clip with fewer than ``min_frames`` frames, or
+    frames over MAX_FRAME_PIXELS, is refused here, before any batch is decoded.
+    """
+
+    def __init__(self, data: bytes, max_side: int, decode_scale: bool, min_frames: int = 1):
+        if not data:
+            raise ValueError("the file is empty")
+        self.data = data
+        native = open_reader(data)
+        self.n = len(native)
+        if self.n < min_frames:
+            raise ValueError(f"fewer than {min_frames} frames decode ({self.n})")
+        # decord exposes no frame size before decoding: frame 0 (a key frame) tells it, before any batch
+        height, width = native[0].shape[:2]
+        if height * width > MAX_FRAME_PIXELS:
+            raise ValueError(f"frames of {width}x{height} px exceed the {MAX_FRAME_PIXELS} px limit")
+        size = decode_size(height, width, max_side) if decode_scale else None
+        self.reader = open_reader(data, width=size[1], height=size[0]) if size else native
+        self.cache: dict[int, np.ndarray] = {}
+
+    def squares(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(indices), S, S, 3)``: one ``get_batch`` decodes the frames not seen yet."""
+        missing = np.setdiff1d(np.asarray(indices), np.fromiter(self.cache, dtype=np.int64, count=len(self.cache)))
+        if len(missing):
+            for j, frame in zip(missing, center_crop(read_frames(self.reader, missing, self.data))):
+                self.cache[int(j)] = frame
+        return np.stack([self.cache[int(j)] for j in indices])
+
+    def level(self, frames: int, side: int) -> np.ndarray:
+        """``frames`` uniformly spaced frames resized to ``side`` px: uint8 ``(frames, side, side, 3)``."""
+        from PIL import Image
+
+        chosen = self.squares(frame_indices(self.n, frames))
+        if chosen.shape[1] != side:
+            chosen = np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BICUBIC))
+                               for f in chosen])
+        return chosen
+
+
 def decode_levels(data: bytes, frames: list[int], sides: list[int], decode_scale: bool,
                   min_frames: int = 0) -> list[np.ndarray]:
     """Decode ``frames[i]`` uniformly spaced frames of ``sides[i]`` px for every level i.
 
-    Returns uint8 RGB ``(frames[i], sides[i], sides[i], 3)`` per level: the centred square of each
-    frame, resized. Frame indices are spread over the frames decord actually indexes (its packet
-    count, not the container header's frame count or duration). One ``get_batch`` decodes the union
-    of the indices the levels need; with ``decode_scale`` decord already scales them to the largest
-    side asked for (``decode_size``), and PIL (bicubic) resizes the rest. One pass, not one per
-    side: a second decord reader decodes the clip again, which costs more than the resize it saves
-    (bench/video_decode.py). A clip with fewer than ``max(min_frames, *frames)`` frames is refused.
+    Returns uint8 RGB ``(frames[i], sides[i], sides[i], 3)`` per level. One ``get_batch`` decodes the
+    union of the indices the levels need (PIL resizes each to its side), one pass, not one per
+    side: a second decord reader decodes the clip again, which costs more than the resize it
+    saves (bench/video_decode.py). A clip with fewer than ``max(min_frames, *frames)`` frames is refused.
     """
-    from PIL import Image
-
-    if not data:
-        raise ValueError("the file is empty")
-    native = open_reader(data)
-    n, need = len(native), max(min_frames, *frames)
-    if n < need:
-        raise ValueError(f"fewer than {need} frames decode ({n})")
-    picks = [frame_indices(n, f) for f in frames]
-    # decord exposes no frame size before decoding: frame 0 (a key frame) tells it, before any batch
-    height, width = native[0].shape[:2]
-    if height * width > MAX_FRAME_PIXELS:
-        raise ValueError(f"frames of {width}x{height} px exceed the {MAX_FRAME_PIXELS} px limit")
-    size = decode_size(height, width, max(sides)) if decode_scale else None
-    reader = open_reader(data, width=size[1], height=size[0]) if size else native
-    needed = np.unique(np.concatenate(picks))
-    squares = center_crop(read_frames(reader, needed, data))
-    row = {int(j): k for k, j in enumerate(needed)}
-    out = []
-    for pick, side in zip(picks, sides):
-        chosen = squares[[row[int(j)] for j in pick]]
-        if chosen.shape[1] != side:
-            chosen = np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BICUBIC))
-                               for f in chosen])
-        out.append(chosen)
-    return out
+    clip = Clip(data, max(sides), decode_scale, max(min_frames, *frames))
+    clip.squares(np.unique(np.concatenate([frame_indices(clip.n, f) for f in frames])))
+    return [clip.level(f, s) for f, s in zip(frames, sides)]
 
 
-def compress(data: bytes, spec: Spec, levels: Sequence[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Encoded video -> [(tubelets uint8 (N_i, t*p*p*C), positions int32 (N_i,))] for every level.
+def decode(data: bytes, spec: Spec) -> Clip:
+    """Open an encoded video for decoding; every clip needs the reference frame count."""
+    return Clip(data, max(int(lv.params["side"]) for lv in spec.ladder),
+                bool(spec.tokenization.get("decode_scale", True)), int(spec.ladder[0].params["frames"]))
+
+
+def compress(clip: Clip, spec: Spec, levels: Sequence[int] | None = None) -> Compressed:
+    """Opened clip -> tubelets uint8 (N_i, t*p*p*C) and positions int32 (N_i,) per level.
 
     A tubelet of a level with fewer frames or a smaller side takes the reference (t, y, x) cell
     that contains its centre (``consistent_positions``). ``levels`` computes only those levels, in
-    that order (the server's cascade); None = all. Every clip needs the reference frame count.
+    that order (the server's cascade); None = all. The frames of every level asked for are
+    decoded in one ``get_batch``.
     """
     tok = spec.tokenization
     t, p, _ = tok["tubelet"]
     ladder = spec.ladder if levels is None else [spec.ladder[i] for i in levels]
-    frames = [int(lv.params["frames"]) for lv in ladder]
-    sides = [int(lv.params["side"]) for lv in ladder]
-    decoded = decode_levels(data, frames, sides, bool(tok.get("decode_scale", True)),
-                            min_frames=int(spec.ladder[0].params["frames"]))
-    return [(tubelets(to_channels(clip, tok["channels"]), t, p), consistent_positions(spec.reference_grid, lv.grid))
-            for clip, lv in zip(decoded, ladder)]
+    clip.squares(np.unique(np.concatenate([frame_indices(clip.n, int(lv.params["frames"])) for lv in ladder])))
+    return Compressed([(tubelets(to_channels(clip.level(int(lv.params["frames"]), int(lv.params["side"])),
+                                             tok["channels"]), t, p),
+                        consistent_positions(spec.reference_grid, lv.grid)) for lv in ladder])
+
+
+MODALITY = Modality(
+    name="video", config_type=VideoConfig, build_spec=build_spec, scan=file_scanner(VIDEO_EXTENSIONS),
+    decode=decode, compress=compress, media_types=("video/",), embedding="linear", shared_positions=True,
+)

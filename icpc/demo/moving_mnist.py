@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources import FASHION_MNIST_DIR, read_idx
+from icpc.demo.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 # label -> (dy, dx) unit step; the garment moves SPEED px per frame along it (image rows grow downwards).
 DIRECTIONS = {"E": (0, 1), "NE": (-1, 1), "N": (-1, 0), "NW": (-1, -1),

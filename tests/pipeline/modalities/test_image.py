@@ -9,8 +9,13 @@ import pytest
 from PIL import Image
 
 from icpc.contract import consistent_positions
-from pipeline.image import ImageConfig, build_spec, compress, patchify
-from pipeline.sources import FASHION_MNIST_DIR, read_idx
+from icpc.pipeline.modalities.image import MODALITY, ImageConfig, build_spec, patchify
+from icpc.demo.fashion_mnist import FASHION_MNIST_DIR, read_idx
+
+
+def compress(data: bytes, spec, levels=None):
+    """Decode then compress, as the pipeline does; the levels' (tokens, positions)."""
+    return MODALITY.compress_bytes(data, spec, levels).levels
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from pipeline.image import IMAGE_EXTENSIONS
-from pipeline.sources import scan_class_folders, scan_path_csv
+from icpc.pipeline.modalities.image import IMAGE_EXTENSIONS
+from icpc.pipeline.scan import scan_class_folders, scan_path_csv
 
 
 def _png() -> bytes:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pipeline.audio_data import (ESPEAK_ACCENTS, ESPEAK_VARIANTS, FLITE_VOICES, WORDS, build_spoken_digits,
+from icpc.demo.spoken_digits import (ESPEAK_ACCENTS, ESPEAK_VARIANTS, FLITE_VOICES, WORDS, build_spoken_digits,
                                  check_tools, clip_plan, voice_settings)
 
 
