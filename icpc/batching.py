@@ -11,7 +11,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack same-level samples: tokens (B, N, ...), positions (B, N) int64, labels (B,).
 
     Samples of one level have one length for grid modalities; for text they are right-padded
-    with 0 and ``padding_mask`` marks the padding (True = pad).
+    with 0 and ``padding_mask`` marks the padding (True = pad). Optional per-sample fields are
+    carried along: ``key`` -> ``keys`` (list), ``row`` -> ``rows`` (int64), ``weight`` -> ``weights``
+    (float32 loss weights; 1 when absent).
     """
     import torch
 
@@ -24,7 +26,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "positions": torch.from_numpy(positions),
         "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "level": samples[0]["level"],
-        "keys": [s["key"] for s in samples],
+        "keys": [s.get("key", "") for s in samples],
+        "rows": torch.tensor([s.get("row", -1) for s in samples], dtype=torch.long),
+        "weights": torch.tensor([s.get("weight", 1.0) for s in samples], dtype=torch.float32),
         "padding_mask": None,
     }
     if min(lengths) != n:

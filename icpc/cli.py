@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="always use level 0 (the A/B reference)")
     p.add_argument("--strategy", choices=STRATEGIES,
                    help="position strategy (default consistent)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt, mid-epoch included "
+                   "(at the same or another number of ranks)")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: epoch ends)")
     p.add_argument("--nproc-per-node", type=int, default=0,
                    help="launch this many processes with torchrun (default: run as launched)")
     p.add_argument("--ray-workers", type=int, default=0,
@@ -85,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="held-out split the thresholds are chosen on (default val)")
     p.add_argument("--tolerance", type=float, help="accuracy the cascade may lose vs level 0 (default 0.003 = 0.3 pts)")
-    p.add_argument("--cost", choices=["ms", "tokens"], help="per-level cost: measured ms (default) or tokens")
+    p.add_argument("--cost", choices=["serving", "ms", "tokens"],
+                   help="per-level cost: serving (default: ms the server pays per level tried, compression + model at "
+                        "the serving batch on the serving device), ms (forward ms, batch 256) or tokens")
+    p.add_argument("--device", help="where the model runs: auto (default: cuda when there is a GPU), cpu, cuda, cuda:N")
     p.add_argument("--output", help="folder for thresholds.json and calibrate.png (default: the checkpoint's)")
     _add_set(p)
 
@@ -95,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="HTTP address (default 127.0.0.1; Serve's HTTP API has no authentication)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request (no @serve.batch)")
+    p.add_argument("--device", help="model device: auto (default: cuda when the model replica has a GPU), cpu, cuda")
+    p.add_argument("--gpus", type=float, help="Ray GPUs per model replica (default 0; 0.25 = four replicas per GPU)")
     _add_set(p)
 
     p = sub.add_parser("demo", help="one modality end to end: build data, compress, train ICPC + baseline, evaluate")
@@ -138,7 +145,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = _config(TrainConfig, args, {"data": "data", "output": "output", "epochs": "epochs",
                                       "batch_size": "batch_size", "lr": "lr", "baseline": "baseline",
-                                      "strategy": "strategy", "resume": "resume"})
+                                      "strategy": "strategy", "resume": "resume",
+                                      "checkpoint_every": "checkpoint_every"})
     if _print_config(args, cfg):
         return 0
     if args.nproc_per_node and args.ray_workers:
@@ -153,10 +161,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.nproc_per_node and "RANK" not in os.environ:
         from icpc.training.launch import launch_torchrun, without_nproc
 
-        return launch_torchrun(args.nproc_per_node, without_nproc(argv))
+        return launch_torchrun(args.nproc_per_node, without_nproc(argv), cfg.output)
     from icpc.training.distributed import detect_world
     from icpc.training.train import train
 
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: its error reaches torchrun's failure summary
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        train = record(train)
     train(cfg, detect_world())
     return 0
 
@@ -176,7 +188,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from icpc.inference.calibrate import CalibrateConfig, calibrate, format_report
 
     cfg = _config(CalibrateConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
-                                          "tolerance": "tolerance", "cost": "cost", "output": "output"})
+                                          "tolerance": "tolerance", "cost": "cost", "device": "device",
+                                          "output": "output"})
     if _print_config(args, cfg):
         return 0
     print(format_report(calibrate(cfg)))
@@ -187,7 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from icpc.inference.serve import ServeConfig, run_server
 
     cfg = _config(ServeConfig, args, {"checkpoint": "checkpoint", "thresholds": "thresholds", "host": "host",
-                                      "port": "port"})
+                                      "port": "port", "device": "device", "gpus": "classifier_gpus"})
     cfg.batching = cfg.batching and not args.no_batching
     if _print_config(args, cfg):
         return 0

@@ -53,18 +53,36 @@ class TrainConfig:
     baseline: bool = False            # always level 0 (the A/B reference)
     level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
     strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
-    shuffle_buffer: int = 1000        # samples in the per-rank shuffle buffer
+    shuffle_window: int = 16384       # samples shuffled together (whole shards); 0 = the whole split at once
     length_bucket: int = 8            # text: batch samples whose token counts agree // this (0 = off); grids unaffected
     threads: int = 0                  # torch intra-op threads per rank; 0 = cores / ranks
-    resume: bool = False              # continue from output/last.pt
+    loader_workers: int = -1          # DataLoader worker processes per rank; -1 = half this rank's cores (1-8), 0 = none
+    prefetch: int = 4                 # batches each loader worker prepares ahead
+    read_merge_gap: int = 0           # bytes: payloads of one shard closer than this are fetched in one request
+    collective_timeout_s: float = 300.0  # s a rank waits in a collective before it fails (a dead or stuck peer)
+    resume: bool = False              # continue from output/last.pt (or resume_from), mid-epoch included
+    resume_from: str = ""             # a checkpoint to resume from instead of output/last.pt
+    checkpoint_every: int = 0         # also checkpoint every N optimizer steps (0 = at epoch ends only)
+    keep_checkpoints: int = 2         # step checkpoints kept in output/checkpoints/ (0 = only last.pt)
+    trace: bool = False               # each rank logs the rows it trained at every step (ranks/trace-R.jsonl)
     max_steps_per_epoch: int = 0      # cap steps per epoch (0 = a full pass); for smoke tests
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> list[str]:
         errors = self.model.validate()
-        for name in ("epochs", "batch_size", "grad_accum", "shuffle_buffer"):
+        for name in ("epochs", "batch_size", "grad_accum", "prefetch"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}={getattr(self, name)}: must be positive")
+        for name in ("shuffle_window", "read_merge_gap"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.loader_workers < -1:
+            errors.append(f"loader_workers={self.loader_workers}: -1 (auto), 0 (in the training process) or more")
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.collective_timeout_s <= 0:
+            errors.append(f"collective_timeout_s={self.collective_timeout_s}: must be positive")
         if self.lr <= 0:
             errors.append(f"lr={self.lr}: must be positive")
         if not 0 <= self.warmup_fraction < 1:

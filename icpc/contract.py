@@ -1,25 +1,32 @@
-"""The ICPC data contract (shared/DESIGN.md contracts 1-4): ladder, grids, positions, members, level draw.
+"""The ICPC data contract (docs/design.md): ladder, grids, positions, level draws and the shard layout.
 
 This is the one source of truth for what a compressed sample looks like on disk and what its
 positions mean. It imports only the standard library and numpy so that every part of the
 system (Ray workers, DDP trainers, Serve replicas, tests) can import it cheaply.
 
-Layout of one sample in a WebDataset shard (``KEY`` has no dots):
+A shard (layout ``level-major`` version 1) is a POSIX tar file whose members are, in order:
 
-    KEY.l0.tok.npy   token payload of level 0, first axis = tokens (N0, ...)
-    KEY.l0.pos.npy   int32 (N0,) flattened row-major index of each token in the reference grid
-    KEY.l1.tok.npy   ... one pair per level of the ladder
-    KEY.cls          label as decimal text
-    KEY.json         metadata (key, source, split, label name, tokens per level, ...)
+    l0.tok       the level-0 payloads of every sample of the shard, back to back
+    l0.pos.npy   int32 (N0,) positions shared by every sample of level 0 (grid modalities only)
+    l1.tok ...   one group per level of the ladder
+    index.json   keys, labels and, per level, each sample's token count, byte offset (from the
+                 start of the shard file), byte count and CRC-32 of its payload
+
+A payload is ``zlib(tokens.tobytes())``, tokens ``(N, *token_shape)`` of the spec's
+``token_dtype`` in C order; where positions differ per sample (text) the payload is
+``zlib(tokens.tobytes() + positions.astype(int32).tobytes())``. So reading one sample at one
+level is one range read of its payload, and a level's payloads are one contiguous range: a
+trainer reads only the level it uses, and the shard holds no per-sample tar header.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import re
+import tarfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -27,26 +34,24 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- constants
 
-SCHEMA_VERSION = 1
-MODALITIES = ("image", "text", "video", "audio")
+SCHEMA_VERSION = 2
+LAYOUT = {"name": "level-major", "version": 1, "codec": "zlib"}
 STRATEGIES = ("consistent", "corner", "renumber", "interpolate")
 SPLITS = ("train", "val", "test")
 
-TOKENS_SUFFIX = "tok.npy"
-POSITIONS_SUFFIX = "pos.npy"
-LABEL_MEMBER = "cls"
-META_MEMBER = "json"
+INDEX_MEMBER = "index.json"
+TAR_BLOCK = 512
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def tokens_member(level: int) -> str:
-    """Member name (the part after ``KEY.``) of level ``level``'s token payload."""
-    return f"l{level}.{TOKENS_SUFFIX}"
+    """Tar member holding level ``level``'s payloads."""
+    return f"l{level}.tok"
 
 
 def positions_member(level: int) -> str:
-    """Member name (the part after ``KEY.``) of level ``level``'s positions."""
-    return f"l{level}.{POSITIONS_SUFFIX}"
+    """Tar member holding level ``level``'s shared positions (grid modalities)."""
+    return f"l{level}.pos.npy"
 
 
 def sanitize_key(raw: str) -> str:
@@ -109,8 +114,8 @@ class Spec:
     tokenization: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality {self.modality!r} is not one of {MODALITIES}")
+        if not self.modality:
+            raise ValueError("a spec needs a modality")
         if not self.ladder:
             raise ValueError("a ladder needs at least level 0")
         if any(n <= 0 for n in self.reference_grid):
@@ -119,6 +124,17 @@ class Spec:
     @property
     def reference_cells(self) -> int:
         return math.prod(self.reference_grid)
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        """dtype of the token payload (``uint8`` pixels, ``float16`` spectrograms, ``int32`` ids, ...)."""
+        return np.dtype(self.tokenization["token_dtype"])
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of one token: ``(token_dim,)`` for vectors, ``()`` for ids (text)."""
+        dim = self.tokenization.get("token_dim")
+        return (int(dim),) if dim else ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -239,6 +255,8 @@ def _ravel(axes: list[np.ndarray], reference_grid: Sequence[int]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- level draw
 
+_MASK64 = (1 << 64) - 1
+
 
 def unit_hash(*parts: object) -> float:
     """A uniform number in [0, 1) that is a pure function of ``parts`` (blake2b, not ``hash()``)."""
@@ -246,21 +264,50 @@ def unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def draw_level(seed: int, epoch: int, key: str, weights: Sequence[float]) -> int:
-    """The level sample ``key`` gets in ``epoch``: a pure function of (seed, epoch, key).
+def key_hash(key: str) -> int:
+    """The 64-bit hash of a sample key that the level draw mixes (stored in the index as ``key_hash``)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
-    ``weights`` are relative probabilities of levels 0..K (a baseline run passes ``[1]``).
-    """
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic): a bijective bit mixer."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_MASK64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def unit_hashes(key_hashes: np.ndarray, *salt: int) -> np.ndarray:
+    """float64 in [0, 1) per key: a pure function of (key hash, salt), vectorised over keys."""
+    with np.errstate(over="ignore"):
+        mix = np.array([0], dtype=np.uint64)
+        for part in salt:
+            mix = _splitmix64(mix ^ np.uint64(int(part) & _MASK64))
+        out = _splitmix64(np.asarray(key_hashes, dtype=np.uint64) ^ mix)
+    return (out >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _check_weights(weights: Sequence[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0 or w.sum() <= 0 or (w < 0).any():
         raise ValueError(f"level weights {list(weights)} must be non-negative and not all zero")
-    u = unit_hash("level", seed, epoch, key) * total
-    acc = 0.0
-    for level, w in enumerate(weights):
-        acc += w
-        if u < acc:
-            return level
-    return len(weights) - 1
+    return w
+
+
+def draw_levels(seed: int, epoch: int, key_hashes: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """int64 level of each key in ``epoch``: a pure function of (seed, epoch, key), vectorised.
+
+    ``weights`` are relative probabilities of levels 0..K (a baseline run passes ``[1]``). The
+    draw does not depend on which shard, rank or worker holds the key, nor on the order of keys.
+    """
+    cum = np.cumsum(_check_weights(weights))
+    u = unit_hashes(key_hashes, 0x1CEC, seed, epoch) * cum[-1]
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1).astype(np.int64)
+
+
+def draw_level(seed: int, epoch: int, key: str, weights: Sequence[float]) -> int:
+    """The level sample ``key`` gets in ``epoch`` (``draw_levels`` for one key)."""
+    return int(draw_levels(seed, epoch, np.array([key_hash(key)], dtype=np.uint64), weights)[0])
 
 
 def split_of(key: str, seed: int, val_fraction: float, test_fraction: float = 0.0) -> str:
@@ -274,19 +321,57 @@ def epoch_permutation(n: int, seed: int, epoch: int, repeat: int = 0) -> np.ndar
     return np.random.default_rng([seed, epoch, repeat]).permutation(n)
 
 
-def assign_shards(n_shards: int, seed: int, epoch: int, rank: int, world: int, repeat: int = 0) -> list[int]:
-    """Shards this rank reads in ``epoch``: the (seed, epoch) permutation, dealt round-robin.
+# ----------------------------------------------------------------------------- shard layout
 
-    Every rank gets ``n_shards // world`` or one more; a rank never shares a shard with another
-    in the same epoch. Which samples a rank sees changes, which *level* a sample gets does not
-    (that is ``draw_level``), so resharding never changes the level stream of a sample.
+
+def encode_payload(tokens: np.ndarray, positions: np.ndarray | None = None, level: int = 6) -> bytes:
+    """One sample at one level: ``zlib(tokens [+ int32 positions])`` (positions only where not shared)."""
+    raw = np.ascontiguousarray(tokens).tobytes()
+    if positions is not None:
+        raw += np.ascontiguousarray(positions, dtype=np.int32).tobytes()
+    return zlib.compress(raw, level)
+
+
+def decode_payload(data: bytes, n_tokens: int, dtype: np.dtype, token_shape: tuple[int, ...],
+                   shared_positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_payload``: (tokens ``(n, *token_shape)``, positions int32 ``(n,)``).
+
+    Raises ValueError when the bytes are not a whole payload of that many tokens (zlib checks its
+    own Adler-32; the length is checked here).
     """
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is outside world size {world}")
-    if n_shards < world:
-        raise ValueError(f"{n_shards} shards cannot feed {world} ranks; write more, smaller shards "
-                         f"(--shard-samples) or use fewer ranks")
-    return [int(s) for s in epoch_permutation(n_shards, seed, epoch, repeat)[rank::world]]
+    try:
+        raw = zlib.decompress(data)
+    except zlib.error as exc:
+        raise ValueError(f"payload does not decompress ({exc})") from None
+    token_bytes = n_tokens * int(np.prod(token_shape, dtype=np.int64)) * dtype.itemsize
+    expected = token_bytes + (0 if shared_positions is not None else 4 * n_tokens)
+    if len(raw) != expected:
+        raise ValueError(f"payload holds {len(raw)} bytes, {expected} expected for {n_tokens} tokens")
+    tokens = np.frombuffer(raw, dtype=dtype, count=n_tokens * int(np.prod(token_shape, dtype=np.int64)))
+    tokens = tokens.reshape((n_tokens, *token_shape))
+    if shared_positions is not None:
+        return tokens, shared_positions
+    return tokens, np.frombuffer(raw, dtype=np.int32, offset=token_bytes)
+
+
+def payload_crc(data: bytes) -> int:
+    """CRC-32 of a stored payload (checked by readers before decoding)."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A deterministic ustar header (mtime 0, root, mode 644) for a member of ``size`` bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def tar_padding(size: int) -> bytes:
+    """Zero bytes that round a member's data up to a whole tar block."""
+    return b"\0" * (-size % TAR_BLOCK)
+
+
+TAR_END = b"\0" * (2 * TAR_BLOCK)
 
 
 # ----------------------------------------------------------------------------- encode / decode
@@ -300,35 +385,3 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 def decode_npy(data: bytes) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-
-
-def encode_sample(key: str, label: int, levels: Sequence[tuple[np.ndarray, np.ndarray]],
-                  meta: Mapping[str, Any]) -> dict[str, Any]:
-    """A WebDataset sample dict (member -> bytes) for ``levels`` = [(tokens, positions), ...]."""
-    sample: dict[str, Any] = {"__key__": check_key(key), LABEL_MEMBER: str(int(label)).encode()}
-    for i, (tokens, positions) in enumerate(levels):
-        if len(tokens) != len(positions):
-            raise ValueError(f"{key} level {i}: {len(tokens)} tokens but {len(positions)} positions")
-        sample[tokens_member(i)] = encode_npy(tokens)
-        sample[positions_member(i)] = encode_npy(np.asarray(positions, dtype=np.int32))
-    sample[META_MEMBER] = json.dumps(dict(meta), sort_keys=True).encode()
-    return sample
-
-
-def decode_sample(raw: Mapping[str, Any], levels: Sequence[int] | None = None) -> dict[str, Any]:
-    """Inverse of ``encode_sample`` on raw bytes; never unpickles.
-
-    Returns ``{"key", "label", "meta", "levels": {i: (tokens, positions)}}``, decoding only the
-    levels asked for (all present ones when ``levels`` is None).
-    """
-    present = sorted(int(m[1:].split(".")[0]) for m in raw if m.endswith(TOKENS_SUFFIX))
-    wanted = present if levels is None else list(levels)
-    missing = [i for i in wanted if i not in present]
-    if missing:
-        raise KeyError(f"sample {raw.get('__key__')!r} has no level(s) {missing}; it holds {present}")
-    return {
-        "key": raw["__key__"],
-        "label": int(raw[LABEL_MEMBER]),
-        "meta": json.loads(raw[META_MEMBER]),
-        "levels": {i: (decode_npy(raw[tokens_member(i)]), decode_npy(raw[positions_member(i)])) for i in wanted},
-    }

@@ -2,7 +2,7 @@
 
 A redrawn bar written to a file, ``ray job logs`` or CI is thousands of carriage-return frames;
 when the stream is not a terminal ``Progress`` prints one line every ``every_percent`` percent
-or ``every_s`` seconds instead, whichever comes first.
+(at most one per ``min_s`` seconds) or every ``every_s`` seconds instead, and a last line.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ class Progress:
     """``update(n)``, ``set_postfix(**values)``, ``close()``: the part of tqdm's API the jobs use."""
 
     def __init__(self, total: int, desc: str, unit: str = "it", enabled: bool = True, stream: IO[str] | None = None,
-                 every_percent: float = 5.0, every_s: float = 30.0, leave: bool = True):
+                 every_percent: float = 5.0, every_s: float = 30.0, leave: bool = True, min_s: float = 2.0):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.stream = stream or sys.stderr
-        self.every_percent, self.every_s = every_percent, every_s
+        self.every_percent, self.every_s, self.min_s = every_percent, every_s, min_s
         self.n, self.postfix, self._bar = 0, "", None
         self._start = self._last_time = time.monotonic()
         self._last_n = 0
@@ -47,9 +47,12 @@ class Progress:
             self._line()
 
     def _due(self) -> bool:
-        now = time.monotonic()
+        """A line every ``every_percent`` (but at most one per ``min_s``) or every ``every_s``; the last one."""
+        if self.n == self.total:
+            return True
+        since = time.monotonic() - self._last_time
         step = max(1, int(self.total * self.every_percent / 100)) if self.total else 0
-        return (step and self.n - self._last_n >= step) or now - self._last_time >= self.every_s or self.n == self.total
+        return (bool(step) and self.n - self._last_n >= step and since >= self.min_s) or since >= self.every_s
 
     def _line(self) -> None:
         now = time.monotonic()

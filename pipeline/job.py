@@ -1,41 +1,36 @@
-"""``icpc compress`` as a Ray job: Ray Data compresses every sample at every level; the driver streams shards.
+"""``icpc compress`` as a Ray job: one Ray task per shard compresses its samples and writes the shard.
 
 Runs embedded (``ray.init()`` on this machine) by default, against a cluster with ``--address``,
-and unchanged under ``ray job submit`` (which sets RAY_ADDRESS). Raw files must be readable at
-the same path from every worker node (a shared file system on a real cluster).
+and unchanged under ``ray job submit`` (which sets RAY_ADDRESS). Which shard a sample goes to
+is a pure function of the input listing (the scan's seeded order, cut into ``shard_samples``
+runs per split), so a re-run writes byte-identical shards. Each task reads its inputs and writes
+its shard through the storage layer (a path or an object-store URL); the driver receives only
+shard metadata and index rows, and writes the index, the rejects table and, last, the manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from icpc import storage
 from icpc.config import to_dict
-from icpc.contract import META_MEMBER, SPLITS, Spec, encode_sample
+from icpc.contract import SPLITS, Spec
 from icpc.dataset import INDEX_FILE, MANIFEST_FILE, REJECTS_FILE
 from icpc.pipeline.config import CompressConfig
 from icpc.pipeline.modalities import get_modality, plugin_env
-from icpc.pipeline.writer import REJECTS_SCHEMA, ShardWriter, write_manifest, write_parquet
+from icpc.pipeline.writer import (REJECTS_SCHEMA, ShardBuilder, ShardInfo, index_schema, meta_types, write_manifest,
+                                  write_parquet)
 from icpc.progress import Progress
 
-# Fraction of a CPU each Ray Data compression task reserves: leaves room for the driver, which
-# writes the shards, on a 2-core machine.
+# Fraction of a CPU each shard task reserves: Ray then runs two per core, so a task that waits on
+# storage does not leave a core idle.
 TASK_CPUS = 0.5
-
-# One row per input: the record, the failure (if any) and the encoded members (none for a reject).
-RESULT_SCHEMA = pa.schema([
-    ("key", pa.string()), ("source", pa.string()), ("split", pa.string()), ("label", pa.int64()),
-    ("label_name", pa.string()), ("stage", pa.string()), ("error", pa.string()),
-    ("members", pa.list_(pa.struct([("name", pa.string()), ("data", pa.binary())]))),
-])
 
 
 def init_ray(address: str | None, num_cpus: float | None = None) -> None:
@@ -54,39 +49,48 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
                  log_to_driver=False)
 
 
-def compress_batch(batch: pa.Table, spec_json: dict[str, Any], max_input_bytes: int) -> pa.Table:
-    """Ray Data map_batches function: record rows in, encoded-sample rows (or reject rows) out."""
+def shard_plan(records: list[dict[str, Any]], shard_samples: int) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(shard name, split, records) of every shard: each split's records in listing order, cut into runs."""
+    plan = []
+    for split in SPLITS:
+        rows = [r for r in records if r["split"] == split]
+        for i in range(0, len(rows), shard_samples):
+            plan.append((f"{split}-{i // shard_samples:06d}.tar", split, rows[i:i + shard_samples]))
+    return plan
+
+
+def build_shard(records: list[dict[str, Any]], spec_json: dict[str, Any], location: str, name: str, split: str,
+                max_input_bytes: int) -> tuple[ShardInfo | None, list[dict[str, str]]]:
+    """Read, decode and compress every record, write the shard to ``location``; (shard info, rejects).
+
+    A sample that cannot be read or compressed becomes a reject (key, source, stage, reason) and
+    the shard goes on without it; a shard whose every sample was rejected is not written (None).
+    """
     spec = Spec.from_json(spec_json)
     modality = get_modality(spec.modality)
-    rows = []
-    for rec in batch.to_pylist():
-        payload = rec.pop("payload", None)
-        row = {**rec, "stage": "", "error": "", "members": []}
+    builder, rejects = ShardBuilder(spec, modality.shared_positions), []
+    for rec in records:
+        stage = "read"
         try:
-            stage = "read"
-            data = payload if payload is not None else storage.read_bytes(rec["source"], max_input_bytes)
+            data = rec["payload"] if rec.get("payload") is not None else storage.read_bytes(rec["source"],
+                                                                                          max_input_bytes)
             stage = "compress"
             out = modality.compress_bytes(data, spec)
-            meta = {"key": rec["key"], "source": rec["source"], "split": rec["split"],
-                    "label_name": rec["label_name"], "tokens": [len(t) for t, _ in out.levels],
-                    **out.meta}  # a compressor may add facts, e.g. text's "truncated"
-            sample = encode_sample(rec["key"], rec["label"], out.levels, meta)
-            row["members"] = [{"name": k, "data": v} for k, v in sample.items() if k != "__key__"]
+            builder.add(rec, out.levels, out.meta)
         except Exception as exc:  # noqa: BLE001 - any failure of one sample is recorded, the job goes on
-            row["stage"], row["error"] = stage, f"{type(exc).__name__}: {exc}"
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+            rejects.append({"key": rec["key"], "source": rec["source"], "stage": stage,
+                            "error": f"{type(exc).__name__}: {exc}"})
+    if not len(builder):
+        return None, rejects
+    return builder.write(location, name, split), rejects
 
 
-class CompressActor:
-    """``compress_batch`` in a Ray Data actor: what the compressor caches per process (a teacher
-    model) is loaded once per actor and kept for every batch it compresses."""
+class ShardActor:
+    """``build_shard`` in a long-lived Ray actor: what the compressor caches per process (a teacher
+    model) is loaded once per actor and kept for every shard it builds."""
 
-    def __init__(self, spec_json: dict[str, Any], max_input_bytes: int):
-        self.kwargs = {"spec_json": spec_json, "max_input_bytes": max_input_bytes}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return compress_batch(batch, **self.kwargs)
+    def build(self, *args: Any) -> tuple[ShardInfo | None, list[dict[str, str]]]:
+        return build_shard(*args)
 
 
 def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
@@ -95,101 +99,98 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     modality = get_modality(cfg.modality)
-    _check_output(Path(cfg.output), cfg.overwrite)
+    _check_output(cfg.output, cfg.overwrite)
     records, rejects, classes = modality.scan(cfg)
     reject_rows = [dataclasses.asdict(r) for r in rejects]
     if not records:
         raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(rejects)} rejected at scan)")
 
     # only now, with something to write, touch the output: a bad --input never costs an old dataset
-    out = _prepare_output(Path(cfg.output), cfg.overwrite)
+    out = _prepare_output(cfg.output, cfg.overwrite)
     init_ray(cfg.address, cfg.num_cpus)
     if modality.prepare is not None:
-        spec = modality.prepare(cfg.settings, [r for r in records if r.split == "train"], str(out))
+        spec = modality.prepare(cfg.settings, [r for r in records if r.split == "train"], out)
     else:
         spec = modality.build_spec(cfg.settings)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # shards are reproducible run to run
-    ctx.enable_progress_bars = False               # one bar, the driver's, below
-    items = [dataclasses.asdict(r) for r in records]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // cfg.batch_size, 256)))
-    kwargs = {"spec_json": spec.to_json(), "max_input_bytes": cfg.max_input_bytes}
+    plan = shard_plan([dataclasses.asdict(r) for r in records], cfg.shard_samples)
     # a plugin modality named in ICPC_MODALITIES must be importable in the workers too
-    remote_args = {"runtime_env": {"env_vars": plugin_env()}} if plugin_env() else {}
+    options: dict[str, Any] = {"num_cpus": TASK_CPUS}
+    if plugin_env():
+        options["runtime_env"] = {"env_vars": plugin_env()}
+    spec_ref = ray.put(spec.to_json())
     if modality.needs_actors(cfg.settings):  # e.g. text's teacher model, loaded once per actor
-        actors = max(1, int(ray.available_resources().get("CPU", 1)))  # one model copy per core
-        ds = ds.map_batches(CompressActor, fn_constructor_kwargs=kwargs, concurrency=actors,
-                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS, **remote_args)
+        actors = [ray.remote(ShardActor).options(**options).remote()
+                  for _ in range(max(1, int(ray.available_resources().get("CPU", 1))))]  # one model copy per core
+        refs = [actors[i % len(actors)].build.remote(recs, spec_ref, storage.join(out, name), name, split,
+                                                     cfg.max_input_bytes)
+                for i, (name, split, recs) in enumerate(plan)]
     else:
-        ds = ds.map_batches(compress_batch, fn_kwargs=kwargs,
-                            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=TASK_CPUS, **remote_args)
+        task = ray.remote(build_shard).options(**options)
+        refs = [task.remote(recs, spec_ref, storage.join(out, name), name, split, cfg.max_input_bytes)
+                for name, split, recs in plan]
 
-    writers = {s: ShardWriter(out, s, cfg.shard_samples) for s in SPLITS}
-    index_rows: list[dict[str, Any]] = []
-    bar = Progress(len(items), f"compress {cfg.modality}", unit="sample", enabled=progress)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            bar.update()
-            if row["error"]:
-                reject_rows.append({k: row[k] for k in ("key", "source", "stage", "error")})
-                continue
-            sample = {"__key__": row["key"], **{m["name"]: m["data"] for m in row["members"]}}
-            shard = writers[row["split"]].write(sample)
-            index_rows.append(_index_row(row, sample, shard))
+    shards: list[ShardInfo] = []
+    writer, schema = None, None
+    index_buf = pa.BufferOutputStream()
+    bar = Progress(len(records), f"compress {cfg.modality}", unit="sample", enabled=progress)
+    for ref, (_, _, recs) in zip(refs, plan):  # in plan order: the index lists shards in order
+        info, shard_rejects = ray.get(ref)
+        reject_rows += shard_rejects
+        bar.update(len(recs))
+        if info is None:
+            continue
+        shards.append(info)
+        if writer is None:
+            schema = index_schema(len(spec.ladder), meta_types(info.rows))
+            writer = pq.ParquetWriter(index_buf, schema)
+        writer.write_table(pa.Table.from_pylist(info.rows, schema=schema))
     bar.close()
-
-    shards = [s for w in writers.values() for s in w.close()]
-    counts = {s: sum(sh["samples"] for sh in shards if sh["split"] == s) for s in SPLITS}
-    write_parquet(index_rows, out / INDEX_FILE)
-    write_parquet(reject_rows, out / REJECTS_FILE, REJECTS_SCHEMA)
+    writer.close()
+    storage.write_bytes(storage.join(out, INDEX_FILE), index_buf.getvalue().to_pybytes())
+    counts = {s: sum(sh.samples for sh in shards if sh.split == s) for s in SPLITS}
+    write_parquet(reject_rows, storage.join(out, REJECTS_FILE), REJECTS_SCHEMA)
     write_manifest(out, spec, cfg.seed, to_dict(cfg), classes, shards, counts)
     elapsed = time.perf_counter() - started
+    samples = sum(counts.values())
+    return summarise(out, spec, shards, samples, len(reject_rows), counts, elapsed)
+
+
+def summarise(out: str, spec: Spec, shards: list[ShardInfo], samples: int, rejects: int, counts: dict[str, int],
+              elapsed: float) -> dict[str, Any]:
+    rows = [r for s in shards for r in s.rows]
     return {
-        "output": str(out),
-        "samples": len(index_rows),
-        "rejects": len(reject_rows),
+        "output": out,
+        "samples": samples,
+        "rejects": rejects,
         "counts": counts,
         "shards": len(shards),
-        "bytes": sum(s["bytes"] for s in shards),
+        "bytes": sum(s.bytes for s in shards),
         "seconds": elapsed,
-        "samples_per_s": (len(index_rows) + len(reject_rows)) / elapsed,
+        "samples_per_s": (samples + rejects) / elapsed,
         "ladder": [lv.name for lv in spec.ladder],
         "tokens": [lv.tokens for lv in spec.ladder],
         # per-sample counts (text: the ladder's tokens are maxima) and truncations, where reported
-        "mean_tokens": [round(sum(r[f"tokens_l{i}"] for r in index_rows) / max(1, len(index_rows)), 1)
+        "mean_tokens": [round(sum(r[f"tokens_l{i}"] for r in rows) / max(1, len(rows)), 1)
                         for i in range(len(spec.ladder))],
-        "truncated": (sum(r["truncated"] for r in index_rows)
-                      if any("truncated" in r for r in index_rows) else None),
+        "truncated": sum(bool(r["truncated"]) for r in rows) if any("truncated" in r for r in rows) else None,
     }
 
 
-def _index_row(row: dict[str, Any], sample: dict[str, bytes], shard: str) -> dict[str, Any]:
-    out = {"key": row["key"], "shard": shard, "split": row["split"], "label": row["label"],
-           "label_name": row["label_name"], "source": row["source"]}
-    meta = json.loads(sample[META_MEMBER])
-    for i, n in enumerate(meta["tokens"]):
-        out[f"tokens_l{i}"] = n
-    if "truncated" in meta:  # text: cut to the model's maximum length before compression
-        out["truncated"] = bool(meta["truncated"])
-    out["bytes"] = sum(len(v) for k, v in sample.items() if k != "__key__")
-    return out
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
+def _check_output(out: str, overwrite: bool) -> None:
     """Refuse, before any work, to write over an earlier dataset unless ``overwrite``."""
-    if not overwrite and ((out / MANIFEST_FILE).exists() or any(out.glob("*.tar"))):
+    if not overwrite and (storage.exists(storage.join(out, MANIFEST_FILE)) or storage.glob(out, "*.tar")):
         raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it "
                               f"or choose another --output")
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
+def _prepare_output(out: str, overwrite: bool) -> str:
     """Create ``out``; clear an earlier dataset (``_check_output`` allowed it); drop stale temp files."""
     _check_output(out, overwrite)
-    for p in [*out.glob("*.tar"), out / INDEX_FILE, out / REJECTS_FILE, out / MANIFEST_FILE]:
-        p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
+    for p in [*storage.glob(out, "*.tar"), *(storage.join(out, f) for f in (INDEX_FILE, REJECTS_FILE, MANIFEST_FILE))]:
+        storage.remove(p)
+    storage.makedirs(out)
+    for stale in storage.glob(out, ".*.tmp*"):
+        storage.remove(stale)
     return out
 
 

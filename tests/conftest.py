@@ -68,7 +68,8 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
 
 
 TRAIN_ARGS = ["--batch-size", "16", "--lr", "3e-3", "--set", "model.dim=64", "--set", "model.depth=2",
-              "--set", "shuffle_buffer=200", "--set", "threads=1"]
+              "--set", "threads=1", "--set", "loader_workers=1", "--set", "trace=true",
+              "--set", "collective_timeout_s=60"]
 
 
 def train_ddp(data: Path, out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
@@ -77,9 +78,15 @@ def train_ddp(data: Path, out: Path, epochs: int, *extra: str) -> subprocess.Com
                    "--epochs", str(epochs), *TRAIN_ARGS, *extra)
 
 
+def train_command(data: Path, out: Path, epochs: int, *extra: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "icpc.cli", "train", "--nproc-per-node", str(nproc), "--data", str(data),
+            "--output", str(out), "--epochs", str(epochs), *TRAIN_ARGS, *extra]
+
+
 @pytest.fixture(scope="session")
 def straight_run(compressed, tmp_path_factory) -> Path:
-    """A 3-epoch two-process ICPC training run on ``compressed`` (shared by training and inference tests)."""
+    """A 3-epoch two-process ICPC training run on ``compressed``, traced, a step checkpoint every 4 steps
+    (shared by training and inference tests, and the uninterrupted reference of the resume tests)."""
     out = tmp_path_factory.mktemp("icpc")
-    train_ddp(compressed, out, 3)
+    train_ddp(compressed, out, 3, "--checkpoint-every", "4")
     return out

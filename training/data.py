@@ -1,128 +1,193 @@
-"""The training stream: generator stages over samples, from this rank's shards to one-level batches.
+"""The training data plane: the epoch plan served to each rank by DataLoader worker processes.
 
-Every stage takes an iterator and returns one (the webdataset style), so each is testable on a
-plain list. The level of a sample in an epoch is ``draw_level(seed, epoch, key)``; which shards a
-rank reads is ``assign_shards(seed, epoch, rank, world)``: both pure, so a resumed run sees the
-stream it would have seen.
+    plan (training/plan.py)  ->  PlanSampler (this rank's batch requests, from the resume step)
+                             ->  DataLoader workers: BatchDataset reads only each sample's drawn
+                                 level (one range read per payload), checks it, decodes it,
+                                 maps positions to the strategy, collates
+                             ->  pinned memory, non-blocking copy to the GPU (train loop)
+
+Which samples a rank reads is the plan's business; a worker handles every ``num_workers``-th
+batch of its rank (DataLoader's order is kept), so the stream is the same for any worker count.
+Evaluation (``eval_batches``) deals whole shards to ranks and reads a level's section of each
+shard in one request, from the shard's own index: every held-out shard is read once per pass.
 """
 
 from __future__ import annotations
 
-import itertools
-import random
-import warnings
-from typing import Any, Iterable, Iterator, Sequence
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 
+from icpc import storage
 from icpc.batching import collate
-from icpc.contract import Spec, assign_shards, decode_sample, draw_level, positions_for, unit_hash
+from icpc.contract import INDEX_MEMBER, Spec, decode_npy, decode_payload, positions_for, tokens_member
+from icpc.dataset import SampleReader, SampleTable
+from icpc.training.plan import EpochPlan
 
 
-def pick_levels(samples: Iterable[dict[str, Any]], seed: int, epoch: int, weights: Sequence[float]) -> Iterator[dict]:
-    """Raw webdataset samples -> decoded samples at their drawn level (only that level is decoded)."""
-    for raw in samples:
-        level = draw_level(seed, epoch, raw["__key__"], weights)
-        try:
-            sample = decode_sample(raw, [level])
-        except (KeyError, ValueError) as exc:  # a truncated shard's partial last sample
-            warnings.warn(f"skipping sample {raw.get('__key__')!r} of {raw.get('__url__')}: {exc}")
-            continue
-        tokens, positions = sample["levels"][level]
-        yield {"key": sample["key"], "label": sample["label"], "level": level, "tokens": tokens, "positions": positions}
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a DataLoader worker needs to build one batch of this rank (small: row numbers, not bytes)."""
+
+    step: int
+    level: int
+    rows: np.ndarray          # int64: rows of the split's table
+    weights: np.ndarray       # float32: 1, or 0 for a padding copy
+    global_samples: int       # real samples of the whole global batch (the loss divides by it)
 
 
-def fixed_level(samples: Iterable[dict[str, Any]], level: int) -> Iterator[dict]:
-    """Raw samples -> decoded samples at ``level`` (evaluation)."""
-    return pick_levels(samples, 0, 0, [0.0] * level + [1.0])
+class PlanSampler(torch.utils.data.Sampler):
+    """This rank's batch requests of the current plan, from ``start`` (a resumed run's next step)."""
+
+    def __init__(self, rank: int):
+        self.rank, self.plan, self.start = rank, None, 0
+
+    def set_plan(self, plan: EpochPlan, start: int = 0) -> None:
+        self.plan, self.start = plan, start
+
+    def __len__(self) -> int:
+        return 0 if self.plan is None else max(0, self.plan.steps - self.start)
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        for s in range(self.start, self.plan.steps):
+            rows, weights = self.plan.rank_rows(s, self.rank)
+            yield BatchRequest(s, int(self.plan.levels[s]), rows, weights, len(self.plan.rows[s]))
 
 
-def apply_strategy(samples: Iterable[dict[str, Any]], spec: Spec, strategy: str) -> Iterator[dict]:
-    """Replace the stored (consistent) positions by those of ``strategy`` (DESIGN contract 2)."""
-    for s in samples:
-        grid = spec.ladder[s["level"]].grid
-        s["positions"] = positions_for(strategy, spec.reference_grid, grid, s["positions"])
-        yield s
+class BatchDataset(torch.utils.data.Dataset):
+    """A BatchRequest -> a collated batch, in a DataLoader worker (map-style, one item = one batch).
 
-
-def batch_by_level(samples: Iterable[dict[str, Any]], batch_size: int, length_bucket: int = 0) -> Iterator[dict]:
-    """Group samples into batches of one level each (equal length at a level, no padding).
-
-    A batch is emitted as soon as its group has ``batch_size`` samples; the remainders are
-    flushed, one partial batch per group, when the stream ends. With ``length_bucket`` > 0 a group
-    is (level, token count // length_bucket), so variable-length samples (text) are batched with
-    others of about their length and pad little; grid modalities have one length per level, so
-    their batches are the same either way.
+    A skipped sample (truncated shard, corrupt payload) leaves the batch; a batch left empty
+    gets one zero sample of weight 0, so the rank still takes part in the step.
     """
-    buffers: dict[tuple[int, int], list[dict]] = {}
-    for s in samples:
-        group = (s["level"], len(s["tokens"]) // length_bucket if length_bucket else 0)
-        buf = buffers.setdefault(group, [])
-        buf.append(s)
-        if len(buf) == batch_size:
-            yield collate(buf)
-            buffers[group] = []
-    for group in sorted(buffers):
-        if buffers[group]:
-            yield collate(buffers[group])
+
+    def __init__(self, table: SampleTable, spec: Spec, shared_positions: dict[int, np.ndarray], strategy: str,
+                 merge_gap: int = 0):
+        self.table, self.spec, self.shared, self.strategy, self.merge_gap = table, spec, shared_positions, strategy, merge_gap
+        self._reader: SampleReader | None = None
+        self._pid = -1
+
+    @property
+    def reader(self) -> SampleReader:
+        if self._reader is None or self._pid != os.getpid():  # one per worker process (file handles)
+            self._reader, self._pid = SampleReader(self.table, self.spec, self.shared, self.merge_gap), os.getpid()
+        return self._reader
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, req: BatchRequest) -> dict[str, Any]:
+        reader = self.reader
+        before_skipped, before_read, before_payload = sum(reader.skipped.values()), reader.io.bytes_read, reader.payload_bytes
+        got = reader.read(req.rows, np.full(len(req.rows), req.level))
+        grid = self.spec.ladder[req.level].grid
+        samples = []
+        for row, weight, item in zip(req.rows, req.weights, got):
+            if item is None:
+                continue
+            tokens, positions = item
+            samples.append({"tokens": tokens, "label": int(self.table.label[row]), "level": req.level,
+                            "row": int(row), "weight": float(weight),
+                            "positions": positions_for(self.strategy, self.spec.reference_grid, grid, positions)})
+        if not samples:
+            samples.append(self._empty(req.level))
+        batch = collate(samples)
+        batch.update(step=req.step, global_samples=req.global_samples,
+                     skipped=sum(reader.skipped.values()) - before_skipped,
+                     bytes_read=reader.io.bytes_read - before_read, payload_bytes=reader.payload_bytes - before_payload)
+        return batch
+
+    def _empty(self, level: int) -> dict[str, Any]:
+        """A weight-0 stand-in of the level's shape (zeros), for a batch whose samples were all skipped."""
+        n = self.spec.ladder[level].tokens if self.spec.ladder[level].grid else 2
+        positions = self.shared.get(level, np.arange(n, dtype=np.int32))
+        return {"tokens": np.zeros((len(positions), *self.spec.token_shape), dtype=self.spec.token_dtype),
+                "positions": positions_for(self.strategy, self.spec.reference_grid, self.spec.ladder[level].grid,
+                                           positions),
+                "label": 0, "level": level, "row": -1, "weight": 0.0}
 
 
-def steps_per_epoch(train_samples: int, world: int, batch_size: int) -> int:
-    """Batches every rank runs per epoch: one pass over the data, the same count on every rank."""
-    return max(1, train_samples // (world * batch_size))
+def _identity(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
 
 
-def shard_urls(shards: Sequence[str], seed: int, epoch: int, rank: int, world: int, repeat: int = 0) -> list[str]:
-    return [shards[i] for i in assign_shards(len(shards), seed, epoch, rank, world, repeat)]
+def _worker_init(worker_id: int) -> None:
+    """A stop request is the rank's to handle: torchrun signals the rank's whole process group, and a
+    worker that died of it would abort the step the rank is finishing before its checkpoint. So a
+    worker leaves that group; it still exits with its rank (torch's worker loop watches its parent)."""
+    os.setpgid(0, 0)
 
 
-def raw_samples(urls: Sequence[str]) -> Iterator[dict]:
-    """Raw samples (member -> bytes) of ``urls`` in order (split across DataLoader workers, if any).
-
-    The node split is already done (``shard_urls``), so the pipeline has no node splitter;
-    a truncated shard's partial last sample is dropped by ``decode_sample`` with a warning.
-    """
-    import webdataset as wds
-
-    return iter(wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_worker,
-                                 wds.tarfile_to_samples(handler=wds.warn_and_continue)))
+def default_workers(local_world: int) -> int:
+    """DataLoader workers per rank: this machine's cores split between its ranks, half of them
+    for decoding (the other half runs the rank's own torch threads), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_world) // 2))
 
 
-def train_batches(shards: Sequence[str], spec: Spec, *, seed: int, epoch: int, rank: int, world: int,
-                  batch_size: int, weights: Sequence[float], strategy: str, shuffle_buffer: int,
-                  length_bucket: int = 0) -> Iterator[dict]:
-    """One rank's batches for ``epoch``; repeats its shards (next pass, new order) if it runs dry.
-
-    Use with ``itertools.islice(..., steps_per_epoch(...))`` so every rank runs the same count.
-    A pass that yields no batch at all raises: repeating it would spin forever while the other
-    ranks wait in the next collective.
-    """
-    for rep in itertools.count():
-        urls = shard_urls(shards, seed, epoch, rank, world, rep)
-        rng = random.Random(int(unit_hash("shuffle", seed, epoch, rep, rank) * 2**32))
-        stream = shuffle(raw_samples(urls), shuffle_buffer, rng)
-        stream = apply_strategy(pick_levels(stream, seed, epoch, weights), spec, strategy)
-        produced = False
-        for batch in batch_by_level(stream, batch_size, length_bucket):
-            produced = True
-            yield batch
-        if not produced:
-            raise RuntimeError(f"rank {rank}: shards {list(urls)} hold no readable sample; check them "
-                               f"(tar -tf) or rebuild the dataset with 'icpc compress'")
+def make_loader(dataset: BatchDataset, sampler: PlanSampler, workers: int, prefetch: int, device: torch.device):
+    """The DataLoader: ``workers`` persistent processes, ``prefetch`` batches each ahead, pinned memory on GPU."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, collate_fn=_identity,
+        worker_init_fn=_worker_init,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None)
 
 
-def shuffle(samples: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
-    """webdataset's buffer shuffle with an explicit, seeded ``rng``."""
-    import webdataset as wds
+# ----------------------------------------------------------------------------- evaluation by shard
 
-    return wds.shuffle(bufsize, initial=bufsize, rng=rng)(iter(samples))
+
+def shard_index(location: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """A shard's own index (``index.json``) and its members' (data offset, size), from the tar headers."""
+    with storage.open_read(location) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        members = {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
+        if INDEX_MEMBER not in members:
+            raise ValueError(f"{location} has no {INDEX_MEMBER}: not a level-major ICPC shard")
+        index = json.loads(tf.extractfile(INDEX_MEMBER).read())
+    return index, members
 
 
 def eval_batches(shards: Sequence[str], spec: Spec, level: int, *, batch_size: int, strategy: str,
-                 rank: int = 0, world: int = 1, limit: int = 0) -> Iterator[dict]:
-    """All samples of ``shards`` at one level, in order; sample i goes to rank i % world."""
-    stream = raw_samples(shards)
-    if limit:
-        stream = itertools.islice(stream, limit)
-    stream = (s for i, s in enumerate(stream) if i % world == rank)
-    return batch_by_level(apply_strategy(fixed_level(stream, level), spec, strategy), batch_size)
+                 rank: int = 0, world: int = 1, limit: int = 0) -> Iterator[dict[str, Any]]:
+    """Every sample of ``shards`` at one level, shard by shard; shard i goes to rank i % world.
+
+    Each shard's level section is read in one request (the level's bytes only). ``limit`` stops
+    after that many samples (over all shards, counted in order, before dealing).
+    """
+    grid = spec.ladder[level].grid
+    seen = 0
+    pending: list[dict[str, Any]] = []
+    for i, location in enumerate(shards):
+        if limit and seen >= limit:
+            break
+        index, members = shard_index(location)
+        n = index["samples"] if not limit else min(index["samples"], limit - seen)
+        seen += index["samples"]
+        if i % world != rank:
+            continue
+        lv = index["levels"][level]
+        shared = (decode_npy(_read_member(location, members[lv["positions"]])) if lv.get("positions") else None)
+        start, size = members[tokens_member(level)]
+        blob = storage.read_ranges(location, [(start, start + size)])[0]
+        offsets = np.concatenate([[0], np.cumsum(lv["size"])])
+        for j in range(n):
+            lo = int(offsets[j])
+            tokens, positions = decode_payload(blob[lo:lo + lv["size"][j]], lv["tokens"][j], spec.token_dtype,
+                                               spec.token_shape, shared)
+            pending.append({"tokens": tokens, "label": index["labels"][j], "level": level, "key": index["keys"][j],
+                            "positions": positions_for(strategy, spec.reference_grid, grid, positions)})
+            if len(pending) == batch_size:
+                yield collate(pending)
+                pending = []
+    if pending:
+        yield collate(pending)
+
+
+def _read_member(location: str, member: tuple[int, int]) -> bytes:
+    start, size = member
+    return storage.read_ranges(location, [(start, start + size)])[0]
+

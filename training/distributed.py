@@ -28,11 +28,14 @@ def detect_world(env: dict[str, str] | None = None) -> World:
                  int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", 1))))
 
 
-def setup(world: World):
+def setup(world: World, timeout_s: float = 300.0):
     """Join the process group (nccl on GPU, gloo on CPU) unless a launcher (Ray Train) already did.
 
-    Returns (device to train on, whether this call created the group and so must destroy it).
+    ``timeout_s``: a collective that waits longer than this fails (a dead or stuck peer) instead of
+    hanging. Returns (device to train on, whether this call created the group and so must destroy it).
     """
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
@@ -41,7 +44,7 @@ def setup(world: World):
         torch.cuda.set_device(device)
     owns_group = world.size > 1 and not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return device, owns_group
 
 
@@ -64,6 +67,18 @@ def all_reduce_sum(values: dict, device) -> dict:
         return values
     t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
     dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+def all_reduce_max(values: dict, device) -> dict:
+    """The maximum of each value over ranks; unchanged outside a process group."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return dict(zip(values, t.tolist()))
 
 

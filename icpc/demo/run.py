@@ -2,8 +2,9 @@
 
 Builds the modality's demo data set offline (image: a class-balanced Fashion-MNIST subset from
 Debian's dataset-fashion-mnist), compresses it with a Ray job, trains ICPC and the baseline with
-two-process DDP (torchrun, gloo), evaluates both and prints a comparison table. Everything lands
-under ``--workdir``.
+two-process DDP (torchrun, gloo), evaluates both, calibrates the ICPC cascade's thresholds (so the
+checkpoint is servable: ``icpc serve --checkpoint WORKDIR/icpc/last.pt``) and prints a comparison
+table. Everything lands under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from icpc.demo import DATASETS, DEMOS
 def run_demo(args: argparse.Namespace) -> int:
     import ray
 
+    from icpc.inference.calibrate import CalibrateConfig, calibrate
+    from icpc.inference.calibrate import format_report as format_calibration
     from icpc.inference.evaluate import evaluate, format_report
     from icpc.pipeline.config import CompressConfig
     from icpc.pipeline.job import format_summary, run_compress
@@ -63,11 +66,14 @@ def run_demo(args: argparse.Namespace) -> int:
         stage(f"evaluate {name}")
         reports[name] = evaluate(finalize(EvalConfig(checkpoint=str(work / name / "last.pt"))))
         print(format_report(reports[name]))
+    stage("calibrate the ICPC cascade (thresholds.json beside the checkpoint, for icpc serve)")
+    print(format_calibration(calibrate(finalize(CalibrateConfig(checkpoint=str(work / "icpc" / "last.pt"))))))
     timings["end"] = time.perf_counter()
 
     table = comparison(reports, {n: _epoch_seconds(work / n / "metrics.csv") for n in runs})
     wall = time.perf_counter() - started
-    text = table + f"\n\ndemo wall time {wall / 60:.1f} min; everything is in {work}/"
+    text = table + (f"\n\ndemo wall time {wall / 60:.1f} min; everything is in {work}/\n"
+                    f"serve the calibrated cascade: icpc serve --checkpoint {work / 'icpc' / 'last.pt'}")
     (work / "summary.md").write_text(text + "\n")
     (work / "summary.json").write_text(json.dumps({"wall_seconds": wall, "reports": {
         n: {k: r[k] for k in ("levels", "chosen", "samples")} for n, r in reports.items()}}, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,12 @@ PACKAGE_DIRS = {"icpc": "icpc", "pipeline": "icpc.pipeline", "training": "icpc.t
 
 @pytest.mark.integration
 def test_the_wheel_installs_nothing_generic_at_the_top_of_site_packages(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path)], check=True, capture_output=True, timeout=300)
-    wheel = next(tmp_path.glob("icpc-*.whl"))
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ and *.egg-info into the source tree
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "data", "*.egg-info",
+                                                            "__pycache__", "notes", "bench"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("icpc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"icpc", next(t for t in top if t.endswith(".dist-info"))}, top

@@ -1,4 +1,5 @@
-"""``icpc compress`` on a local Ray, its output checked with independent readers (tarfile, pyarrow, tar, webdataset, wids)."""
+"""``icpc compress`` on a local Ray, its output checked with independent readers (tarfile, zlib, pyarrow, tar,
+webdataset, wids)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,19 @@ import json
 import subprocess
 from pathlib import Path
 
+import zlib
+
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import BROKEN, TEST_IMAGES, TRAIN_IMAGES
-from tests.readers import npy, tar_samples
+from tests.readers import index_rows, manifest, rejects_rows, shard_samples, tar_members
 
 SIDES, PATCH = [28, 24, 20, 16, 12], 4
 
 
 def test_every_input_key_once_in_index_or_rejects(compressed, image_folder):
-    index = pq.read_table(compressed / "index.parquet").to_pylist()
-    rejects = pq.read_table(compressed / "rejects.parquet").to_pylist()
+    index, rejects = index_rows(compressed), rejects_rows(compressed)
     inputs = {str(p.relative_to(image_folder)) for p in image_folder.rglob("*") if p.is_file()}
     assert len(inputs) == TRAIN_IMAGES + TEST_IMAGES + len(BROKEN)
     seen = [Path(r["source"]).relative_to(image_folder).as_posix() for r in index + rejects]
@@ -33,77 +34,83 @@ def test_every_input_key_once_in_index_or_rejects(compressed, image_folder):
 
 
 def test_shards_hold_every_level_with_positions_in_the_reference_grid(compressed):
-    manifest = json.loads((compressed / "manifest.json").read_text())
     ref_cells = (SIDES[0] // PATCH) ** 2
-    index = {r["key"]: r for r in pq.read_table(compressed / "index.parquet").to_pylist()}
+    index = {r["key"]: r for r in index_rows(compressed)}
     found = set()
-    for shard in manifest["shards"]:
-        samples = tar_samples(compressed / shard["name"])
+    for shard in manifest(compressed)["shards"]:
+        samples = shard_samples(compressed / shard["name"], "uint8", (PATCH * PATCH,))
         assert len(samples) == shard["samples"]
-        for key, members in samples.items():
+        for key, sample in samples.items():
             found.add(key)
             assert index[key]["shard"] == shard["name"] and index[key]["split"] == shard["split"]
-            assert int(members["cls"]) == index[key]["label"]
-            assert json.loads(members["json"])["key"] == key
+            assert sample["label"] == index[key]["label"]
             for level, side in enumerate(SIDES):
-                tokens, pos = npy(members[f"l{level}.tok.npy"]), npy(members[f"l{level}.pos.npy"])
+                tokens, pos = sample["levels"][level]
                 n = (side // PATCH) ** 2
-                assert tokens.shape == (n, PATCH * PATCH) and tokens.dtype == np.uint8
+                assert tokens.shape == (n, PATCH * PATCH)
                 assert pos.dtype == np.int32 and pos.shape == (n,)
                 assert pos.min() >= 0 and pos.max() < ref_cells and np.all(np.diff(pos) > 0)
                 assert index[key][f"tokens_l{level}"] == n
     assert found == set(index)
 
 
+def test_the_index_locates_every_payload_in_its_shard(compressed):
+    """offset_lK/size_lK/crc32_lK of index.parquet point at the payload bytes themselves (one range read each)."""
+    rows = index_rows(compressed)
+    for row in rows[::37]:
+        data = (compressed / row["shard"]).read_bytes()
+        for level in range(len(SIDES)):
+            payload = data[row[f"offset_l{level}"]:row[f"offset_l{level}"] + row[f"size_l{level}"]]
+            assert zlib.crc32(payload) == row[f"crc32_l{level}"]
+            assert len(zlib.decompress(payload)) == row[f"tokens_l{level}"] * PATCH * PATCH
+
+
 def test_level0_patches_are_the_original_pixels(compressed, image_folder):
     from PIL import Image
 
-    row = pq.read_table(compressed / "index.parquet").to_pylist()[0]
-    members = tar_samples(compressed / row["shard"])[row["key"]]
+    row = index_rows(compressed)[0]
+    tokens, _ = shard_samples(compressed / row["shard"], "uint8", (PATCH * PATCH,))[row["key"]]["levels"][0]
     pixels = np.asarray(Image.open(row["source"]))  # 28x28 grayscale
-    patches = npy(members["l0.tok.npy"]).reshape(7, 7, 4, 4).transpose(0, 2, 1, 3).reshape(28, 28)
-    assert np.array_equal(patches, pixels)
+    assert np.array_equal(tokens.reshape(7, 7, 4, 4).transpose(0, 2, 1, 3).reshape(28, 28), pixels)
 
 
 def test_manifest_counts_checksums_and_splits(compressed):
-    manifest = json.loads((compressed / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["modality"] == "image"
-    assert [lv["params"]["side"] for lv in manifest["spec"]["ladder"]] == SIDES
-    assert manifest["spec"]["reference_grid"] == [7, 7]
-    assert manifest["config"]["shard_samples"] == 100
-    for shard in manifest["shards"]:
+    m = manifest(compressed)
+    assert m["schema_version"] == 2 and m["modality"] == "image"
+    assert m["layout"]["name"] == "level-major" and m["layout"]["version"] == 1
+    assert [lv["params"]["side"] for lv in m["spec"]["ladder"]] == SIDES
+    assert m["spec"]["reference_grid"] == [7, 7]
+    assert m["config"]["shard_samples"] == 100
+    for shard in m["shards"]:
         data = (compressed / shard["name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
-    index = pq.read_table(compressed / "index.parquet")
-    splits = index.column("split").to_pylist()
-    assert splits.count("test") == TEST_IMAGES == manifest["counts"]["test"]
+    splits = [r["split"] for r in index_rows(compressed)]
+    assert splits.count("test") == TEST_IMAGES == m["counts"]["test"]
     assert splits.count("train") + splits.count("val") == TRAIN_IMAGES
-    assert 0 < manifest["counts"]["val"] < TRAIN_IMAGES * 0.2
+    assert 0 < m["counts"]["val"] < TRAIN_IMAGES * 0.2
     # the test split comes only from test/ folders, never from train/
-    for r in index.to_pylist():
+    for r in index_rows(compressed):
         assert (r["split"] == "test") == ("/test/" in r["source"])
-    assert not list(compressed.glob(".*.tmp")), "temporary shard files were left behind"
+    assert not [p for p in compressed.rglob(".*") if ".tmp" in p.name], "temporary files were left behind"
 
 
 def test_shards_read_with_tar_webdataset_and_wids(compressed):
     import webdataset as wds
     import wids
 
-    manifest = json.loads((compressed / "manifest.json").read_text())
-    shard = manifest["shards"][0]
+    shard = manifest(compressed)["shards"][0]
     path = compressed / shard["name"]
     listing = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
-    assert len(listing) == shard["samples"] * (2 * len(SIDES) + 2)
-
-    samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
-    assert len(samples) == shard["samples"]
-    assert all(f"l{len(SIDES) - 1}.pos.npy" in s for s in samples)
-
-    ds = wids.ShardListDataset([{"url": str(path), "nsamples": shard["samples"]}])
-    assert len(ds) == shard["samples"]
-    first = ds[0]
-    assert first["__key__"] == samples[0]["__key__"]
-    assert set(k for k in first if not k.startswith("__")) >= {".cls", ".json", ".l0.tok.npy", ".l0.pos.npy"}
+    levels = [f"l{i}" for i in range(len(SIDES))]
+    assert listing == [m for lv in levels for m in (f"{lv}.tok", f"{lv}.pos.npy")] + ["index.json"]
+    members = tar_members(path)
+    # webdataset groups members by name stem: one record per level, then the index
+    records = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    assert [r["__key__"] for r in records] == [*levels, "index"]
+    assert all(r["tok"] == members[f"{r['__key__']}.tok"] for r in records[:-1])
+    ds = wids.ShardListDataset([{"url": str(path), "nsamples": len(levels) + 1}])
+    assert ds[0][".tok"].read() == members["l0.tok"]  # wids hands members over as file objects
+    assert ds[len(levels)][".json"]["samples"] == shard["samples"]  # and decodes JSON itself
 
 
 def test_compress_is_reproducible(compressed, image_folder, tmp_path, ray_local):
@@ -113,8 +120,10 @@ def test_compress_is_reproducible(compressed, image_folder, tmp_path, ray_local)
 
     run_compress(finalize(CompressConfig(input=str(image_folder), output=str(tmp_path), shard_samples=100)),
                  progress=False)
-    for shard in sorted(compressed.glob("*.tar")):
-        assert (tmp_path / shard.name).read_bytes() == shard.read_bytes(), shard.name
+    names = [s["name"] for s in manifest(compressed)["shards"]]
+    assert names == [s["name"] for s in manifest(tmp_path)["shards"]]
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (compressed / name).read_bytes(), name
 
 
 def test_refuses_to_overwrite_without_flag(compressed, image_folder):

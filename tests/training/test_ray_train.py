@@ -12,7 +12,7 @@ def test_ray_train_runs_the_same_training_with_two_ranks(compressed, ray_local, 
     from icpc.training.ray_train import run_ray_train
 
     cfg = finalize(TrainConfig(data=str(compressed), output=str(tmp_path), epochs=1, batch_size=16),
-                   ["model.dim=32", "model.depth=1", "max_steps_per_epoch=4", "shuffle_buffer=50", "threads=1"])
+                   ["model.dim=32", "model.depth=1", "max_steps_per_epoch=4", "threads=1"])
     run_ray_train(cfg, num_workers=2, cpus_per_worker=0.5, progress=False)
     ranks = [json.loads((tmp_path / "ranks" / f"rank-{r}.jsonl").read_text()) for r in (0, 1)]
     assert ranks[0]["steps_run"] == ranks[1]["steps_run"] == 4

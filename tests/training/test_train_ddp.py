@@ -1,57 +1,272 @@
-"""Two-process gloo DDP training with torchrun on real compressed shards: equal steps, falling loss, exact resume."""
+"""Two-process gloo DDP under real torchrun on real shards: balanced steps, integrity, failures, exact and
+elastic resume, SIGTERM, supervision of the ranks, the output lock."""
 
 from __future__ import annotations
 
-import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tests.conftest import train_ddp as _train
+from tests.conftest import REPO, train_command, train_ddp
+from tests.readers import index_rows, manifest
+
+pytestmark = pytest.mark.integration
 
 
-def _metrics(out: Path) -> list[dict[str, str]]:
+def metrics(out: Path) -> list[dict[str, str]]:
+    import csv
+
     with open(out / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
-def _ranks(out: Path) -> dict[int, list[dict]]:
-    return {r: [json.loads(line) for line in (out / "ranks" / f"rank-{r}.jsonl").read_text().splitlines()]
-            for r in (0, 1)}
+def traces(out: Path, ranks=(0, 1)) -> dict[int, list[dict]]:
+    """Each rank's trace: one record per step (epoch, batch, level, rows trained, loss)."""
+    return {r: [json.loads(x) for x in (out / "ranks" / f"trace-{r}.jsonl").read_text().splitlines()]
+            for r in ranks if (out / "ranks" / f"trace-{r}.jsonl").exists()}
 
 
-def test_both_ranks_run_the_same_steps_and_loss_falls(straight_run):
-    ranks = _ranks(straight_run)
-    assert [e["steps_run"] for e in ranks[0]] == [e["steps_run"] for e in ranks[1]]
-    assert len(ranks[0]) == 3 and ranks[0][0]["steps_run"] > 1
-    rows = _metrics(straight_run)
+def train_rows(data: Path) -> list[str]:
+    """Keys of the training split, in index order (what the trace's row numbers refer to)."""
+    return [r["key"] for r in index_rows(data) if r["split"] == "train"]
+
+
+def job_pids(out: Path) -> list[int]:
+    """Processes of a training job: every process whose command line names its output folder."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(out) in cmd and int(entry) != os.getpid():
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(out: Path, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while job_pids(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return job_pids(out)
+
+
+def wait_for_trace(out: Path, epoch: int, batch: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Block until rank 0 has traced ``batch`` of ``epoch`` (0-based)."""
+    path = out / "ranks" / "trace-0.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended early:\n{proc.stdout.read() if proc.stdout else ''}"
+        if path.exists():
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if any(r["epoch"] == epoch and r["batch"] >= batch for r in lines):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no trace of epoch {epoch} batch {batch} within {timeout} s")
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def same_weights(a: Path, b: Path) -> None:
+    x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert x["step"] == y["step"]
+    for name, tensor in x["model"].items():
+        assert torch.equal(tensor, y["model"][name]), f"{name} differs"
+
+
+# ----------------------------------------------------------------------------- balanced steps
+
+
+def test_ranks_train_the_same_level_at_every_step_and_every_sample_once(straight_run, compressed):
+    t = traces(straight_run)
+    assert len(t[0]) == len(t[1]) > 10  # equal step counts
+    keys = train_rows(compressed)
+    for epoch in range(3):
+        steps = [(a, b) for a, b in zip(t[0], t[1]) if a["epoch"] == epoch]
+        assert steps and all(a["batch"] == b["batch"] and a["level"] == b["level"] for a, b in steps)
+        assert all(abs(len(a["rows"]) - len(b["rows"])) <= 1 for a, b in steps)  # the same cost at every step
+        rows = [r for a, b in steps for r in a["rows"] + b["rows"]]
+        assert sorted(rows) == list(range(len(keys)))  # each training sample exactly once: none dropped or repeated
+    levels = [int(x) for x in metrics(straight_run)[0]["levels"].split("/")]
+    assert len(levels) == 5 and all(n > 0 for n in levels) and sum(levels) == len(keys)
+
+
+def test_loss_falls_and_metrics_report_the_data_plane(straight_run):
+    rows = metrics(straight_run)
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0] - 0.1, losses
     assert float(rows[-1]["val_acc"]) > 0.3  # 10 classes: chance is 0.1
-    levels = [int(x) for x in rows[0]["levels"].split("/")]
-    assert len(levels) == 5 and all(n > 0 for n in levels)  # every level drawn
+    for r in rows:
+        assert 0 <= float(r["data_wait"]) < 1 and int(r["samples_skipped"]) == 0
+        assert 1.0 <= float(r["read_amplification"]) < 1.01  # one exact range read per payload
     assert (straight_run / "tb").is_dir() and any((straight_run / "tb").iterdir())
-
-
-def test_checkpoint_loads_weights_only_and_resume_is_exact(straight_run, compressed, tmp_path):
     state = torch.load(straight_run / "last.pt", weights_only=True)
-    assert state["epoch"] == 3 and state["spec"]["modality"] == "image"
-    assert state["config"]["model"]["dim"] == 64 and len(state["rng"]) == 2
-    # resume the same run from its epoch-2 checkpoint: epoch 3 must come out exactly as it did
-    shutil.copy(straight_run / "epoch-002.pt", tmp_path / "last.pt")
-    _train(compressed, tmp_path, 3, "--resume")
-    assert [int(r["epoch"]) for r in _metrics(tmp_path)] == [3]
-    resumed = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert resumed["step"] == state["step"]
-    for name, tensor in state["model"].items():
-        assert torch.allclose(tensor, resumed["model"][name], atol=1e-6), f"{name} differs after resume"
-    assert _metrics(tmp_path)[0]["train_loss"] == _metrics(straight_run)[2]["train_loss"]
+    assert state["epoch"] == 3 and state["loader"] == {"epoch": 3, "batches": 0, "segments": []}
+    assert len(state["rng"]) == 2 and state["dataset"]["fingerprint"]
+    assert len(list((straight_run / "checkpoints").glob("step-*.pt"))) == 2  # keep_checkpoints=2
 
 
 def test_baseline_uses_only_level0(compressed, tmp_path):
-    _train(compressed, tmp_path, 1, "--baseline", "--set", "max_steps_per_epoch=3")
-    levels = [int(x) for x in _metrics(tmp_path)[0]["levels"].split("/")]
+    train_ddp(compressed, tmp_path, 1, "--baseline", "--set", "max_steps_per_epoch=3")
+    levels = [int(x) for x in metrics(tmp_path)[0]["levels"].split("/")]
     assert levels[0] > 0 and sum(levels[1:]) == 0
+
+
+# ----------------------------------------------------------------------------- integrity and failures
+
+
+def test_a_truncated_shard_is_skipped_and_counted_and_both_ranks_finish(compressed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(compressed, data)
+    victim = next(s for s in manifest(data)["shards"] if s["split"] == "train")
+    path = data / victim["name"]
+    path.write_bytes(path.read_bytes()[: victim["bytes"] // 2])
+    out = tmp_path / "run"
+    train_ddp(data, out, 1)
+    row = metrics(out)[0]
+    assert int(row["samples_skipped"]) == victim["samples"]
+    assert int(row["samples"]) + victim["samples"] == len(train_rows(data))
+    t = traces(out)
+    assert len(t[0]) == len(t[1])
+
+
+def test_a_rank_that_fails_stops_the_other_with_its_reason(compressed, tmp_path):
+    out = tmp_path / "run"
+    (out / "ranks" / "rank-1.jsonl").mkdir(parents=True)  # rank 1 cannot append its epoch record
+    started = time.monotonic()
+    proc = subprocess.run(train_command(compressed, out, 2, "--set", "collective_timeout_s=20"), cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "IsADirectoryError" in proc.stdout + proc.stderr and "rank-1.jsonl" in proc.stdout + proc.stderr
+    assert time.monotonic() - started < 120
+    assert not wait_gone(out, 10), "a rank outlived the failed job"
+    assert not (out / "metrics.csv").exists()  # rank 0 never wrote the epoch
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_sigkill_of_the_whole_job_then_resume_equals_the_uninterrupted_run(straight_run, compressed, tmp_path):
+    out = tmp_path / "run"
+    proc = start(train_command(compressed, out, 3, "--checkpoint-every", "4"))
+    wait_for_trace(out, epoch=1, batch=7, proc=proc)
+    for pid in job_pids(out):  # the launcher, torchrun and both ranks: a lost node
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(30)
+    assert not wait_gone(out, 10)
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["loader"]["epoch"] == 1 and saved["loader"]["batches"] > 0  # mid-epoch
+    done = {r: [x for x in lines if (x["epoch"], x["batch"]) < (1, saved["loader"]["batches"])]
+            for r, lines in traces(out).items()}
+    for r in (0, 1):
+        (out / "ranks" / f"trace-{r}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in done[r]))
+    resumed = subprocess.run(train_command(compressed, out, 3, "--checkpoint-every", "4", "--resume"), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"batch {saved['loader']['batches']}, optimizer step {saved['step']}" in resumed.stdout
+    assert traces(out) == traces(straight_run)  # the same rows, levels and losses at every step, on both ranks
+    same_weights(out / "last.pt", straight_run / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def terminated(compressed, tmp_path_factory):
+    """A run stopped by SIGTERM to ``icpc train`` in epoch 2; (output folder, seconds to exit, launcher output)."""
+    out = tmp_path_factory.mktemp("term")
+    proc = start(train_command(compressed, out, 3))
+    wait_for_trace(out, epoch=1, batch=5, proc=proc)
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    text, _ = proc.communicate(timeout=60)
+    return out, time.monotonic() - sent, proc.returncode, text
+
+
+def test_sigterm_saves_and_exits_zero_within_the_stated_time(terminated):
+    out, seconds, rc, text = terminated
+    assert rc == 0, text
+    assert seconds < 30, seconds  # README: one step plus the checkpoint write, within torchrun's 30 s grace
+    stop = json.loads((out / "stopped.json").read_text())
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["loader"] == {"epoch": 1, "batches": stop["batches"], "segments": []} and stop["batches"] > 0
+    assert "continue with --resume" in text
+    assert not wait_gone(out, 10)
+
+
+def test_resume_after_sigterm_continues_exactly(terminated, straight_run, compressed, tmp_path):
+    src, *_ = terminated
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    resumed = subprocess.run(train_command(compressed, out, 3, "--resume"), cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert traces(out) == traces(straight_run)
+    same_weights(out / "last.pt", straight_run / "last.pt")
+
+
+def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(terminated, compressed, tmp_path):
+    from icpc.contract import draw_levels
+
+    src, *_ = terminated
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = [x for r in traces(out).values() for x in r if x["epoch"] == 1]
+    resumed = subprocess.run(train_command(compressed, out, 2, "--resume", nproc=1), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "2 -> 1 ranks" in resumed.stdout
+    after = [x for x in traces(out)[0] if x["epoch"] == 1 and x not in before]
+    rows = [r for x in before + after for r in x["rows"]]
+    keys = train_rows(compressed)
+    assert sorted(rows) == list(range(len(keys)))  # the epoch's training samples, each exactly once
+    hashes = np.array([r["key_hash"] for r in index_rows(compressed) if r["split"] == "train"], dtype=np.uint64)
+    levels = draw_levels(0, 1, hashes, [1.0] * 5)
+    assert all(levels[r] == x["level"] for x in before + after for r in x["rows"])  # each at its drawn level
+
+
+def test_resume_refuses_a_different_run_naming_both_values(straight_run, compressed, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    proc = subprocess.run(train_command(compressed, out, 4, "--resume", "--set", "seed=1"), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "seed: checkpoint has 0, this run has 1" in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- supervision
+
+
+def test_killing_the_launchers_process_group_stops_every_rank(compressed, tmp_path):
+    out = tmp_path / "run"
+    proc = start(train_command(compressed, out, 3))
+    wait_for_trace(out, epoch=0, batch=3, proc=proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # what `kill -9 -PGID` does; torchrun and the ranks have sessions of their own
+    proc.wait(10)
+    assert not wait_gone(out, 40), "ranks kept training after their launcher was killed"
+    assert not (out / "metrics.csv").exists() or len(metrics(out)) < 3  # they did not train to the end
+
+
+def test_a_second_run_into_a_held_output_is_refused_naming_the_holder(compressed, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from icpc.training.supervision import OutputLock; "
+        f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run(train_command(compressed, out, 1), cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0
+        assert f"pid {holder.pid}" in proc.stderr and "in use by a live training run" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
