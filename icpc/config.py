@@ -44,7 +44,8 @@ class TrainConfig:
     data: str = "runs/data"           # output folder of `icpc compress`
     output: str = "runs/train"        # checkpoints, metrics.csv, TensorBoard logs, config.json
     epochs: int = 5
-    batch_size: int = 64              # per rank and micro-step
+    batch_size: int = 64              # samples per rank and micro-step
+    batch_tokens: int = 0             # > 0: token-budget batches, as many samples per rank as fit this many tokens
     grad_accum: int = 1               # micro-steps per optimizer step
     lr: float = 3e-3                  # peak learning rate after warmup
     weight_decay: float = 0.05
@@ -52,11 +53,13 @@ class TrainConfig:
     seed: int = 0                     # drives level draws, shuffling and shard assignment
     baseline: bool = False            # always level 0 (the A/B reference)
     level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
+    level_weights_end: list[float] = field(default_factory=list)  # weights of the last epoch, linear in between; [] = constant
+    final_level0_epochs: int = 0      # the last N epochs train level 0 only (a FixRes-style finish at full resolution)
     strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
     shuffle_window: int = 16384       # samples shuffled together (whole shards); 0 = the whole split at once
     length_bucket: int = 8            # text: batch samples whose token counts agree // this (0 = off); grids unaffected
     threads: int = 0                  # torch intra-op threads per rank; 0 = cores / ranks
-    loader_workers: int = -1          # DataLoader worker processes per rank; -1 = half this rank's cores (1-8), 0 = none
+    loader_workers: int = -1          # DataLoader worker processes per rank; -1 = the rank's spare cores (0-8), 0 = none
     prefetch: int = 4                 # batches each loader worker prepares ahead
     read_merge_gap: int = 0           # bytes: payloads of one shard closer than this are fetched in one request
     collective_timeout_s: float = 300.0  # s a rank waits in a collective before it fails (a dead or stuck peer)
@@ -73,7 +76,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "prefetch"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}={getattr(self, name)}: must be positive")
-        for name in ("shuffle_window", "read_merge_gap"):
+        for name in ("shuffle_window", "read_merge_gap", "batch_tokens"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)}: must be >= 0")
         if self.loader_workers < -1:
@@ -89,8 +92,12 @@ class TrainConfig:
             errors.append(f"warmup_fraction={self.warmup_fraction}: must be in [0, 1)")
         if self.strategy not in STRATEGIES:
             errors.append(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
-        if any(w < 0 for w in self.level_weights) or (self.level_weights and not sum(self.level_weights)):
-            errors.append(f"level_weights={self.level_weights}: must be non-negative, not all zero")
+        for name in ("level_weights", "level_weights_end"):
+            w = getattr(self, name)
+            if any(x < 0 for x in w) or (w and not sum(w)):
+                errors.append(f"{name}={w}: must be non-negative, not all zero")
+        if not 0 <= self.final_level0_epochs <= self.epochs:
+            errors.append(f"final_level0_epochs={self.final_level0_epochs}: must be between 0 and epochs={self.epochs}")
         return errors
 
 

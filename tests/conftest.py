@@ -15,6 +15,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+# Fixtures that start real Ray, torchrun or Serve processes: a test using any of them (directly or
+# through another fixture) is an integration test, so ``pytest -m "not integration"`` is the fast loop.
+INTEGRATION_FIXTURES = {"ray_local", "compressed", "straight_run", "ray_head", "s3_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 TRAIN_IMAGES, TEST_IMAGES = 600, 200
 BROKEN = {  # file name -> bytes; each must land in the rejects table
     "truncated.png": None,        # filled from a real PNG, cut in half

@@ -25,8 +25,8 @@ from icpc.modelio import load_checkpoint
 CHECKPOINT = "last.pt"
 HISTORY = "checkpoints"
 # Config fields that shape the model or the data stream: a resumed run must keep them.
-RESUME_FIELDS = ("seed", "baseline", "level_weights", "strategy", "batch_size", "grad_accum", "shuffle_window",
-                 "length_bucket", "model")
+RESUME_FIELDS = ("seed", "baseline", "level_weights", "level_weights_end", "final_level0_epochs", "strategy", "batch_size", "batch_tokens", "grad_accum",
+                 "shuffle_window", "length_bucket", "model")
 
 
 @dataclass

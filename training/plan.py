@@ -33,9 +33,10 @@ class EpochPlan:
 
     epoch: int
     world: int
-    batch_size: int
+    batch_size: int                  # samples per rank of a full batch (the largest level's, with batch_tokens)
     rows: tuple[np.ndarray, ...]     # per step, int64 rows of the global batch, dealt to ranks in order
     levels: np.ndarray               # int64 (steps,): the level every rank trains at step s
+    full: np.ndarray                 # int64 (steps,): samples a full global batch of that step's group holds
 
     @property
     def steps(self) -> int:
@@ -61,7 +62,7 @@ class EpochPlan:
         return int(sum(max(0, self.world - len(g)) for g in self.rows))
 
     def partial_steps(self) -> int:
-        return int(sum(len(g) < self.world * self.batch_size for g in self.rows))
+        return int(sum(len(g) < f for g, f in zip(self.rows, self.full)))
 
 
 def sample_order(seed: int, epoch: int, shard: np.ndarray, window: int) -> np.ndarray:
@@ -91,12 +92,17 @@ def sample_order(seed: int, epoch: int, shard: np.ndarray, window: int) -> np.nd
 
 def plan_epoch(seed: int, epoch: int, world: int, batch_size: int, levels: np.ndarray, shard: np.ndarray,
                lengths: np.ndarray | None = None, length_bucket: int = 0, window: int = 0,
-               rows: np.ndarray | None = None) -> EpochPlan:
+               rows: np.ndarray | None = None, batch_tokens: int = 0,
+               tokens: np.ndarray | None = None) -> EpochPlan:
     """The epoch's global batches for ``world`` ranks of ``batch_size`` samples each (see the module doc).
 
     levels, shard: int (n,) per row of the split's table; lengths: tokens per row at its level
     (text), grouped into buckets of ``length_bucket`` tokens when > 0. ``rows``: plan only these
     rows (the rest of an interrupted epoch), in the order the full epoch would have read them.
+    ``batch_tokens`` > 0: token-budget batches (as NaViT packs): a rank's batch of a group holds
+    as many samples as fit ``batch_tokens`` tokens (``tokens``: per row, its tokens at its level;
+    the group's longest sample counts), at least one, so every step costs about the same at every
+    level and compressed levels take fewer, larger steps.
     """
     if world < 1 or batch_size < 1:
         raise ValueError(f"world={world} and batch_size={batch_size} must be positive")
@@ -106,22 +112,26 @@ def plan_epoch(seed: int, epoch: int, world: int, batch_size: int, levels: np.nd
     group = np.asarray(levels, dtype=np.int64)[order]
     if lengths is not None and length_bucket > 0:
         group = group * (1 << 20) + np.asarray(lengths, dtype=np.int64)[order] // length_bucket
-    full, size = [], world * batch_size
-    partial = []
+    full, partial = [], []
     for g in np.unique(group):
         where = np.flatnonzero(group == g)              # positions in the stream, ascending
+        size = world * batch_size
+        if batch_tokens > 0:
+            longest = int(np.asarray(tokens)[order[where]].max())
+            size = world * max(1, batch_tokens // max(1, longest))
         k = len(where) // size
         for b in range(k):
             pos = where[b * size:(b + 1) * size]
-            full.append((int(pos[-1]), order[pos]))       # emitted when its last sample arrives
+            full.append((int(pos[-1]), order[pos], size))       # emitted when its last sample arrives
         if len(where) > k * size:
             pos = where[k * size:]
-            partial.append((int(pos[-1]), order[pos]))    # flushed at the end of the epoch
+            partial.append((int(pos[-1]), order[pos], size))    # flushed at the end of the epoch
     batches = sorted(full, key=lambda b: b[0]) + sorted(partial, key=lambda b: b[0])
     rows_out = tuple(b[1] for b in batches)
     lv = np.asarray(levels, dtype=np.int64)
-    return EpochPlan(epoch, world, batch_size, rows_out,
-                     np.array([lv[r[0]] for r in rows_out], dtype=np.int64))
+    return EpochPlan(epoch, world, max([b[2] // world for b in batches], default=batch_size), rows_out,
+                     np.array([lv[r[0]] for r in rows_out], dtype=np.int64),
+                     np.array([b[2] for b in batches], dtype=np.int64))
 
 
 def remaining_rows(plan: EpochPlan, next_step: int) -> np.ndarray:

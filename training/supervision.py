@@ -76,13 +76,21 @@ class OutputLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self, wait_s: float = 0.0) -> "OutputLock":
+        """Take the lock, retrying for up to ``wait_s`` seconds while a live holder has it."""
         storage.makedirs(self.out)
-        if storage.is_local(self.path):
-            self._acquire_local()
-        else:
-            self._acquire_lease()
-        return self
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if storage.is_local(self.path):
+                    self._acquire_local()
+                else:
+                    self._acquire_lease()
+                return self
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def _acquire_local(self) -> None:
         import fcntl

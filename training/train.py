@@ -46,28 +46,53 @@ EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_second
 
 @dataclass
 class Hooks:
-    """What a launcher adds to a run: Ray Train reports each checkpoint through ``on_checkpoint``."""
+    """What a launcher adds to a run.
+
+    on_checkpoint(path, info): called on every rank after each checkpoint (``path`` on rank 0, ""
+        elsewhere); Ray Train reports it. lock_wait_s: how long rank 0 waits for the output lock
+        (a restarted group may start before the old rank 0 has gone).
+    """
 
     on_checkpoint: Callable[[str, dict[str, Any]], None] | None = None
+    lock_wait_s: float = 0.0
 
 
-def level_weights(cfg: TrainConfig, spec: Spec) -> list[float]:
-    weights = [1.0] if cfg.baseline else (cfg.level_weights or [1.0] * len(spec.ladder))
-    if len(weights) > len(spec.ladder):
-        raise ValueError(f"level_weights has {len(weights)} entries but the ladder has {len(spec.ladder)} levels")
-    return weights
+def level_weights(cfg: TrainConfig, spec: Spec, epoch: int = 0) -> list[float]:
+    """Relative draw probability of each level in ``epoch``: the schedule (a pure function of the config).
+
+    ``level_weights`` (default uniform) at epoch 0, moving linearly to ``level_weights_end`` at the
+    last epoch when given; the last ``final_level0_epochs`` epochs train level 0 only; a baseline
+    always does.
+    """
+    levels = len(spec.ladder)
+    for name, w in (("level_weights", cfg.level_weights), ("level_weights_end", cfg.level_weights_end)):
+        if len(w) > levels:
+            raise ValueError(f"{name} has {len(w)} entries but the ladder has {levels} levels")
+    if cfg.baseline or epoch >= cfg.epochs - cfg.final_level0_epochs:
+        return [1.0]
+    start = np.zeros(levels)
+    start[: len(cfg.level_weights or [1.0] * levels)] = cfg.level_weights or [1.0] * levels
+    if not cfg.level_weights_end:
+        return (start / start.sum()).tolist()
+    end = np.zeros(levels)
+    end[: len(cfg.level_weights_end)] = cfg.level_weights_end
+    span = max(1, cfg.epochs - cfg.final_level0_epochs - 1)
+    t = min(1.0, epoch / span)
+    weights = (1 - t) * start / start.sum() + t * end / end.sum()
+    return weights.tolist()
 
 
 def epoch_plan(cfg: TrainConfig, table: SampleTable, spec: Spec, epoch: int, world: int,
                segments: list[list[int]] = ()) -> EpochPlan:
     """The plan of ``epoch`` for ``world`` ranks; after ``segments`` (earlier world sizes of this epoch
     and the batches they ran), the plan of the samples they left."""
-    levels = draw_levels(cfg.seed, epoch, table.key_hash, level_weights(cfg, spec))
-    lengths = table.tokens[np.arange(len(table)), levels] if not spec.ladder[0].grid else None
+    levels = draw_levels(cfg.seed, epoch, table.key_hash, level_weights(cfg, spec, epoch))
+    tokens = table.tokens[np.arange(len(table)), levels]
+    lengths = tokens if not spec.ladder[0].grid else None
 
     def plan(w: int, rows=None) -> EpochPlan:
         return plan_epoch(cfg.seed, epoch, w, cfg.batch_size, levels, table.shard, lengths, cfg.length_bucket,
-                          cfg.shuffle_window, rows)
+                          cfg.shuffle_window, rows, cfg.batch_tokens, tokens)
 
     rows = None
     for w, done in segments:
@@ -84,7 +109,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True, hooks: Hooks | 
     device, owns_group = setup(world, cfg.collective_timeout_s)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world.local_size))
     out = cfg.output
-    lock = OutputLock(out).acquire() if world.is_main else None
+    lock = OutputLock(out).acquire(hooks.lock_wait_s) if world.is_main else None
     try:
         row = _train(cfg, world, device, progress, hooks, stop)
     finally:
@@ -106,6 +131,8 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
         storage.makedirs(out)
         storage.write_text(storage.join(out, "config.json"), json.dumps(to_dict(cfg), indent=2))
         storage.remove(storage.join(out, STOPPED_FILE))
+    storage.makedirs(storage.join(out, "ranks"))
+    storage.write_text(storage.join(out, "ranks", f"rank-{world.rank}.pid"), str(os.getpid()))  # for operators
 
     steps_estimate = epoch_plan(cfg, table, spec, 0, world.size).steps
     if cfg.max_steps_per_epoch:
@@ -135,7 +162,10 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
 
     def save(epoch_state: LoaderState, reason: str) -> None:
         rng = gather(checkpoint.rng_state(), world)  # the one collective a checkpoint costs the other ranks
+        info = {"epoch": epoch_state.epoch, "batches": epoch_state.batches, "step": step}
         if writer is None:
+            if hooks.on_checkpoint:
+                hooks.on_checkpoint("", info)
             return
         state = {"model": checkpoint.snapshot(model), "optimizer": checkpoint.snapshot(optimizer),
                  "scheduler": scheduler.state_dict(), "epoch": epoch_state.epoch, "step": step,
@@ -145,7 +175,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
         writer.save(state, step)
         if hooks.on_checkpoint:
             writer.wait()
-            hooks.on_checkpoint(writer.last_path, {"epoch": epoch_state.epoch, "step": step})
+            hooks.on_checkpoint(writer.last_path or storage.join(out, checkpoint.CHECKPOINT), info)
 
     row: dict[str, Any] = {}
     for epoch in range(loader_state.epoch, cfg.epochs):

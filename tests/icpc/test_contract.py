@@ -1,4 +1,4 @@
-"""Unit tests for icpc/contract.py: positions, level draw, shard assignment, sample encoding, spec."""
+"""Unit tests for icpc/contract.py: positions, level draws, payload encoding and the tar layout, spec."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ from icpc.contract import (
     STRATEGIES,
     Level,
     Spec,
-    assign_shards,
     check_key,
     check_spec,
     consistent_positions,
     corner_positions,
     decode_npy,
-    decode_sample,
+    decode_payload,
     draw_level,
+    draw_levels,
     encode_npy,
-    encode_sample,
+    encode_payload,
     epoch_permutation,
+    key_hash,
+    payload_crc,
+    tar_header,
+    tar_padding,
     interpolation_matrix,
     positions_for,
     renumber_positions,
@@ -280,65 +284,22 @@ def test_draw_level_bad_weights_raise(weights):
         draw_level(0, 0, "k", weights)
 
 
-def test_draw_level_independent_of_sharding():
-    """Split keys over shards, ranks (assign_shards) and DataLoader workers: the level of every key is the same."""
-    n_shards, per_shard, weights, seed = 24, 7, [1, 2, 1, 3], 11
-    shards = [[f"s{s}_k{i}" for i in range(per_shard)] for s in range(n_shards)]
-    all_keys = [k for shard in shards for k in shard]
+def test_draw_levels_vectorised_equals_one_key_at_a_time_in_any_order():
+    keys = [f"s{s}_k{i}" for s in range(24) for i in range(7)]
+    hashes = np.array([key_hash(k) for k in keys], dtype=np.uint64)
     for epoch in (0, 1):
-        reference = {k: draw_level(seed, epoch, k, weights) for k in all_keys}
-        for world in range(1, 9):
-            for workers in range(1, 5):
-                seen = {}
-                for rank in range(world):
-                    mine = assign_shards(n_shards, seed, epoch, rank, world)
-                    for worker in range(workers):
-                        for s in mine[worker::workers]:
-                            for k in shards[s]:
-                                assert k not in seen, f"{k} read twice (world {world}, workers {workers})"
-                                seen[k] = draw_level(seed, epoch, k, weights)
-                assert seen == reference, (world, workers)
+        levels = draw_levels(11, epoch, hashes, [1, 2, 1, 3])
+        assert levels.tolist() == [draw_level(11, epoch, k, [1, 2, 1, 3]) for k in keys]
+        perm = np.random.default_rng(epoch).permutation(len(keys))
+        assert draw_levels(11, epoch, hashes[perm], [1, 2, 1, 3]).tolist() == levels[perm].tolist()
+        # any split of the keys (shards, ranks, workers) sees the same level for each key
+        assert np.concatenate([draw_levels(11, epoch, h, [1, 2, 1, 3]) for h in np.array_split(hashes, 5)]
+                              ).tolist() == levels.tolist()
 
 
-# ----------------------------------------------------------------------------- shard assignment
-
-
-@pytest.mark.parametrize("world", range(1, 17))
-@pytest.mark.parametrize("n_shards", [16, 17, 37, 100])
-def test_assign_shards_partitions(world, n_shards):
-    for epoch in range(3):
-        parts = [assign_shards(n_shards, 5, epoch, rank, world) for rank in range(world)]
-        flat = [s for p in parts for s in p]
-        assert sorted(flat) == list(range(n_shards)), "every shard exactly once"
-        sizes = [len(p) for p in parts]
-        assert max(sizes) - min(sizes) <= 1
-        assert min(sizes) == n_shards // world
-        assert parts == [assign_shards(n_shards, 5, epoch, rank, world) for rank in range(world)]
-
-
-def test_assign_shards_changes_across_epochs_and_repeats():
-    n = 100
-    orders = [assign_shards(n, 0, e, 0, 1) for e in range(4)]
-    assert all(sorted(o) == list(range(n)) for o in orders)
-    assert len({tuple(o) for o in orders}) == 4
-    rank0 = [set(assign_shards(n, 0, e, 0, 4)) for e in range(4)]
-    assert rank0[0] != rank0[1] and rank0[1] != rank0[2]
-    assert assign_shards(n, 0, 0, 0, 4, repeat=0) != assign_shards(n, 0, 0, 0, 4, repeat=1)
-    assert assign_shards(n, 0, 0, 0, 4) != assign_shards(n, 1, 0, 0, 4)
-
-
-def test_assign_shards_too_few_shards_names_the_fix():
-    with pytest.raises(ValueError) as info:
-        assign_shards(3, 0, 0, 0, 4)
-    msg = str(info.value)
-    assert "3" in msg and "4" in msg
-    assert "--shard-samples" in msg or "fewer ranks" in msg
-
-
-@pytest.mark.parametrize("rank, world", [(4, 4), (-1, 4), (0, 0)])
-def test_assign_shards_bad_rank_raises(rank, world):
-    with pytest.raises(ValueError):
-        assign_shards(10, 0, 0, rank, world)
+def test_key_hash_is_stable():
+    assert key_hash("img_0001") == key_hash("img_0001") != key_hash("img_0002")
+    assert 0 <= key_hash("") < 2**64
 
 
 def test_epoch_permutation():
@@ -400,53 +361,42 @@ def test_sanitize_key_empty_raises(raw):
 # ----------------------------------------------------------------------------- encode / decode
 
 
-def _levels():
-    rng = np.random.default_rng(0)
-    return [
-        (rng.integers(0, 256, (4, 16), dtype=np.uint8), [0, 1, 2, 3]),
-        (np.array([7, 3, 9], dtype=np.int32), np.array([0, 2, 5], dtype=np.int64)),
-        (rng.standard_normal((2, 5)).astype(np.float16), [1, 3]),
-    ]
+@pytest.mark.parametrize("tokens, shape", [
+    (np.arange(64, dtype=np.uint8).reshape(4, 16), (16,)),
+    (np.array([7, 3, 9], dtype=np.int32), ()),
+    (np.random.default_rng(0).standard_normal((2, 5)).astype(np.float16), (5,)),
+])
+def test_payload_round_trip_with_shared_or_own_positions(tokens, shape):
+    shared = np.arange(len(tokens), dtype=np.int32)
+    got, pos = decode_payload(encode_payload(tokens), len(tokens), tokens.dtype, shape, shared)
+    assert got.dtype == tokens.dtype and np.array_equal(got, tokens) and pos is shared
+    own = np.array([0, 2, 5, 9][: len(tokens)], dtype=np.int32)
+    got, pos = decode_payload(encode_payload(tokens, own), len(tokens), tokens.dtype, shape, None)
+    assert np.array_equal(got, tokens) and pos.tolist() == own.tolist() and pos.dtype == np.int32
 
 
-def test_encode_decode_round_trip():
-    levels = _levels()
-    raw = encode_sample("img_7", 3, levels, {"source": "x.png", "split": "train"})
-    assert raw["__key__"] == "img_7"
-    assert {"l0.tok.npy", "l0.pos.npy", "l1.tok.npy", "l1.pos.npy", "l2.tok.npy", "l2.pos.npy", "cls", "json"} <= set(raw)
-    assert raw["cls"] == b"3"
-    assert all(isinstance(v, bytes) for k, v in raw.items() if k != "__key__")
-    out = decode_sample(raw)
-    assert out["key"] == "img_7" and out["label"] == 3
-    assert out["meta"] == {"source": "x.png", "split": "train"}
-    assert sorted(out["levels"]) == [0, 1, 2]
-    for i, (tokens, positions) in enumerate(levels):
-        got_tokens, got_positions = out["levels"][i]
-        assert got_tokens.dtype == tokens.dtype
-        np.testing.assert_array_equal(got_tokens, tokens)
-        assert got_positions.dtype == np.int32
-        assert got_positions.tolist() == list(np.asarray(positions))
+def test_payload_of_the_wrong_length_or_bytes_is_refused():
+    data = encode_payload(np.zeros((4, 16), np.uint8))
+    with pytest.raises(ValueError, match="bytes"):
+        decode_payload(data, 5, np.dtype("uint8"), (16,), np.arange(5))
+    with pytest.raises(ValueError, match="decompress"):
+        decode_payload(data[:-3], 4, np.dtype("uint8"), (16,), np.arange(4))
+    assert payload_crc(data) != payload_crc(data[:-1] + bytes([data[-1] ^ 1]))
 
 
-def test_decode_only_some_levels():
-    raw = encode_sample("k", 0, _levels(), {})
-    out = decode_sample(raw, [2])
-    assert list(out["levels"]) == [2]
-    assert out["levels"][2][0].dtype == np.float16
-    assert sorted(decode_sample(raw, [0, 2])["levels"]) == [0, 2]
+def test_tar_header_and_padding_make_a_tar_that_tarfile_reads():
+    import tarfile
 
-
-def test_decode_missing_level_raises_key_error():
-    raw = encode_sample("k", 0, _levels(), {})
-    with pytest.raises(KeyError, match="3"):
-        decode_sample(raw, [3])
-
-
-def test_encode_sample_checks_key_and_lengths():
-    with pytest.raises(ValueError):
-        encode_sample("a.b", 0, _levels(), {})
-    with pytest.raises(ValueError, match="positions"):
-        encode_sample("k", 0, [(np.zeros((3, 2), np.uint8), [0, 1])], {})
+    parts = []
+    for name, data in (("l0.tok", b"abc"), ("index.json", b"{}" * 300)):
+        parts += [tar_header(name, len(data)), data, tar_padding(len(data))]
+    blob = b"".join(parts) + b"\0" * 1024
+    assert len(blob) % 512 == 0
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == ["l0.tok", "index.json"]
+        assert members[0].offset_data == 512 and tf.extractfile("l0.tok").read() == b"abc"
+        assert members[1].mtime == 0 and members[1].uid == 0
 
 
 def test_encode_npy_round_trip_non_contiguous():
@@ -465,13 +415,6 @@ def _pickled_object_npy() -> bytes:
 def test_decode_npy_refuses_pickle():
     with pytest.raises(ValueError):
         decode_npy(_pickled_object_npy())
-
-
-def test_decode_sample_refuses_pickle():
-    raw = encode_sample("k", 0, _levels(), {})
-    raw["l0.tok.npy"] = _pickled_object_npy()
-    with pytest.raises(ValueError):
-        decode_sample(raw, [0])
 
 
 def test_encode_npy_refuses_object_arrays():
@@ -521,7 +464,7 @@ def test_check_spec_tokenization_mismatch():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(modality="smell", reference_grid=(7, 7), ladder=(Level({}, (7, 7), 49),)),
+    dict(modality="", reference_grid=(7, 7), ladder=(Level({}, (7, 7), 49),)),
     dict(modality="image", reference_grid=(7, 7), ladder=()),
     dict(modality="image", reference_grid=(0, 7), ladder=(Level({}, (7, 7), 49),)),
 ])

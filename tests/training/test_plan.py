@@ -98,3 +98,17 @@ def test_step_cost_is_the_slowest_ranks_and_stays_near_the_mean_level_cost():
         plan = plan_epoch(0, 0, world, 64, levels, shard)
         ratio = step_cost(plan, tokens).sum() / (np.ceil(len(hashes) / world) * TOKENS[0])
         assert ratio < 0.60, (world, ratio)  # uniform draw: mean tokens 27 of 49 = 0.551
+
+
+def test_token_budget_batches_hold_about_the_same_tokens_at_every_level():
+    hashes, shard = dataset(6000)
+    levels = draw_levels(0, 0, hashes, [1] * 5)
+    tokens = TOKENS[levels]
+    plan = plan_epoch(0, 0, 2, 64, levels, shard, batch_tokens=64 * 49, tokens=tokens)
+    assert np.array_equal(np.sort(np.concatenate(plan.rows)), np.arange(6000))
+    per_rank_tokens = [tokens[plan.rank_rows(s, 0)[0]].sum() for s in range(plan.steps)
+                       if len(plan.rows[s]) == plan.full[s]]
+    assert min(per_rank_tokens) >= 64 * 49 - 49 and max(per_rank_tokens) <= 64 * 49  # within one sample
+    # fewer steps than sample batches: about the mean-token share of them
+    samples_plan = plan_epoch(0, 0, 2, 64, levels, shard)
+    assert plan.steps < 0.62 * samples_plan.steps
