@@ -140,7 +140,8 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
     total_updates = max(1, cfg.epochs * steps_estimate // cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, len(data.classes), cfg.strategy).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  fused=device.type == "cuda")  # one kernel for all parameters on a GPU
     warmup = max(1, int(cfg.warmup_fraction * total_updates))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_updates, warmup))
     identity = {"location": storage.absolute(cfg.data), "fingerprint": data.fingerprint}
