@@ -1,12 +1,22 @@
-"""Load test of the Serve cascade: N concurrent HTTP clients on loopback, batching on vs off in one run.
+"""Load test of the Serve cascade: concurrent HTTP clients on loopback, several arms in one run, interleaved.
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/load_test.py --checkpoint runs/icpc/last.pt \
-        --clients 32 --seconds 20 --rounds 2 --output bench/results/load_test.json
+        --arms cascade,unbatched,level0 --clients 32,128 --seconds 12 --rounds 2 --kill \
+        --output bench/results/serve/load_test.json
 
-Starts the app on an embedded Ray (127.0.0.1), sends real test-split samples (the raw files the
-dataset's index names) as raw uploads, and alternates phases with batching on and off (ABBA...,
-switched through the Classifier's user_config, no redeploy) so both see the same machine load.
-Reports throughput, p50/p99 latency (client side), errors, mean batch size and answering levels.
+Starts the app on an embedded Ray (127.0.0.1) and sends real samples of the split (the raw inputs
+the dataset's index names) as raw uploads. An arm is a runtime setting of the same deployment,
+switched through user_config (no redeploy, checked by the replicas' pids): ``cascade`` (the
+calibrated thresholds, batching on), ``unbatched`` (the same, one forward pass per request),
+``level0`` (level 0 only, batching on), ``level0-unbatched``. Every round runs every (clients, arm)
+phase, in an order that alternates round by round (ABBA), so the arms see the same machine load.
+
+Per phase: requests/s, client p50/p99, statuses (503 and 504 apart), mean batch, levels tried,
+where the server's time went (decode, compression, waiting on the model) and the CPU seconds
+each process (client, HTTP proxy, ingress, model) used per request. A client that gets a 503
+waits its Retry-After before the next request, as a well-behaved client does. With ``--kill``, a
+last phase kills the model replica (SIGKILL of the pid it reports) mid-run and records how long
+requests waited, what they got and what ``/healthz`` said until Serve's replacement answered.
 The clients run on the same cores as the server: on a 2-core machine they take a share of it.
 """
 
@@ -16,14 +26,14 @@ import argparse
 import asyncio
 import itertools
 import json
-import mimetypes
 import os
+import signal
 import socket
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -31,163 +41,349 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
-def load_samples(data: str, split: str, limit: int) -> list[tuple[bytes, str, int]]:
-    """(bytes, content type, label) of up to ``limit`` raw inputs of ``split``, from the dataset's index."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(Path(data) / "index.parquet", columns=["split", "source", "label"]).to_pylist()
-    rows = [r for r in rows if r["split"] == split][:limit]
-    sources = [r["source"] for r in rows]
-    if not sources:
-        raise SystemExit(f"{data}/index.parquet has no {split!r} samples")
-    missing = [s for s in sources if not Path(s).is_file()]
-    if missing:
-        raise SystemExit(f"{len(missing)} raw inputs of {split} are not readable here (e.g. {missing[0]}); "
-                         f"the load test sends the raw files the index names")
-    return [(Path(r["source"]).read_bytes(), mimetypes.guess_type(r["source"])[0] or "application/octet-stream",
-             r["label"]) for r in rows]
+ARMS = {  # name -> (batching, level 0 only)
+    "cascade": (True, False),
+    "unbatched": (False, False),
+    "level0": (True, True),
+    "level0-unbatched": (False, True),
+}
+PROCESS_TITLES = {"proxy": "ray::ProxyActor", "ingress": "ServeReplica:icpc:Cascade",
+                  "model": "ServeReplica:icpc:Classifier"}
 
 
-async def run_phase(url: str, samples: list[tuple[bytes, str, int]], clients: int, seconds: float,
-                    counter: Iterator[int]) -> list[dict]:
+# ----------------------------------------------------------------------------- clients
+
+
+async def run_phase(url: str, samples: list[dict], clients: int, seconds: float, counter: Iterator[int],
+                    retry_after: bool = True) -> list[dict]:
     """``clients`` workers post samples back to back for ``seconds``; one record per request.
 
     ``counter`` is shared by all workers and phases, so the samples are sent in turn, run-wide.
     """
-    import httpx
+    import aiohttp
 
     records: list[dict] = []
-    end = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    start = time.perf_counter()
+    end = start + seconds
+    # aiohttp (a Ray Serve dependency), not httpx: on 2 shared cores the client's own CPU is taken from the
+    # server, and one httpx pool shared by 128 workers spent ~30 ms of CPU per request on its bookkeeping.
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
 
         async def worker() -> None:
             while time.perf_counter() < end:
                 sample = next(counter) % len(samples)
-                data, ctype, label = samples[sample]
+                s = samples[sample]
                 t0 = time.perf_counter()
+                rec = {"t0": t0 - start, "sample": sample, "level": None, "tried": 0, "correct": False,
+                       "timing": None, "json": True}
+                status, retry = None, 1.0
                 try:
-                    r = await client.post("/v1/predict", content=data, headers={"Content-Type": ctype})
-                    body = r.json() if r.status_code == 200 else {}
-                    records.append({"ms": 1000 * (time.perf_counter() - t0), "status": r.status_code,
-                                    "level": body.get("level"), "server_ms": body.get("latency_ms"),
-                                    "sample": sample, "correct": body.get("label") == label,
-                                    "tried": len(body.get("levels_tried", []))})
-                except httpx.HTTPError as exc:
-                    records.append({"ms": 1000 * (time.perf_counter() - t0), "status": type(exc).__name__,
-                                    "level": None, "server_ms": None, "sample": sample, "correct": False, "tried": 0})
+                    async with client.post("/v1/predict", data=s["data"],
+                                           headers={"Content-Type": s["content_type"]}) as r:
+                        status, text = r.status, await r.text()
+                        retry = float(r.headers.get("Retry-After", 1))
+                    rec["status"] = status
+                    try:
+                        body = json.loads(text)
+                    except ValueError:
+                        body, rec["json"] = {}, False
+                    if status == 200:
+                        rec.update(level=body["level"], tried=len(body["levels_tried"]), server_ms=body["latency_ms"],
+                                   correct=body["label"] == s["label"], timing=body.get("timing_ms"))
+                    else:
+                        rec["error"] = (body.get("error") if isinstance(body, dict) else None) or text[:200]
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    rec.update(status=type(exc).__name__, error=str(exc)[:200], json=False)
+                rec["ms"] = 1000 * (time.perf_counter() - t0)
+                records.append(rec)
+                if retry_after and status == 503:
+                    await asyncio.sleep(min(5.0, retry))
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     return records
 
 
-def summarize(records: list[dict], seconds: float, batches: int, items: int) -> dict:
+async def watch_health(url: str, seconds: float, period: float = 0.1) -> list[dict]:
+    """``/healthz`` every ``period`` s for ``seconds``: (t, status, ms)."""
+    import aiohttp
+
+    out, start = [], time.perf_counter()
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=10)) as client:
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            try:
+                async with client.get("/healthz") as r:
+                    status = r.status
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                status = type(exc).__name__
+            out.append({"t": t0 - start, "status": status, "ms": 1000 * (time.perf_counter() - t0)})
+            await asyncio.sleep(period)
+    return out
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each Serve process kind and by this client process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {kind: 0.0 for kind in PROCESS_TITLES}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for kind, needle in PROCESS_TITLES.items():
+            if needle in title:
+                out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    t = os.times()
+    out["client"] = t.user + t.system
+    return out
+
+
+def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: dict[str, float]) -> dict:
+    """One phase's figures; ``stats`` and ``cpu`` are differences over the phase."""
     ok = [r for r in records if r["status"] == 200]
     ms = np.array([r["ms"] for r in ok]) if ok else np.array([np.nan])
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    rejected = [r["ms"] for r in records if r["status"] == 503]
+    timing = {k: float(np.mean([r["timing"][k] for r in ok if r["timing"]])) if ok else float("nan")
+              for k in ("decode", "compress", "model")}
     levels = [r["level"] for r in ok]
-    return {"requests": len(records), "errors": len(records) - len(ok), "seconds": seconds,
-            "throughput_rps": len(ok) / seconds, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-            "server_mean_ms": float(np.mean([r["server_ms"] for r in ok])) if ok else float("nan"),
-            "forward_passes": batches, "mean_batch": items / batches if batches else float("nan"),
-            "mean_levels_tried": float(np.mean([r["tried"] for r in ok])) if ok else float("nan"),
-            "correct_by_sample": {r["sample"]: r["correct"] for r in ok},
-            "answered": {str(lv): levels.count(lv) / len(levels) for lv in sorted(set(levels))}}
+    return {
+        "requests": len(records), "ok": len(ok), "errors": len(records) - len(ok), "statuses": statuses,
+        "server_errors": sum(n for s, n in statuses.items() if s != "200" and not s.startswith("4")),
+        "status_503": statuses.get("503", 0), "status_504": statuses.get("504", 0),
+        "non_json_errors": sum(1 for r in records if r["status"] != 200 and not r["json"]),
+        "seconds": seconds, "throughput_rps": len(ok) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+        "rejected_p99_ms": float(np.percentile(rejected, 99)) if rejected else None,
+        "server_ms": float(np.mean([r["server_ms"] for r in ok])) if ok else float("nan"),
+        "server_timing_ms": timing,
+        "forward_passes": stats["batches"], "mean_batch": stats["items"] / stats["batches"] if stats["batches"] else 0.0,
+        "model_forward_ms_per_request": 1000 * stats["forward_s"] / len(ok) if ok else float("nan"),
+        "cpu_ms_per_request": {k: 1000 * v / len(ok) if ok else float("nan") for k, v in cpu.items()},
+        "cpu_cores_busy": {k: v / seconds for k, v in cpu.items()},
+        "mean_levels_tried": float(np.mean([r["tried"] for r in ok])) if ok else float("nan"),
+        "correct_by_sample": {r["sample"]: r["correct"] for r in ok},
+        "answered": {str(lv): levels.count(lv) / len(levels) for lv in sorted(set(levels))},
+    }
+
+
+def model_stats(handle) -> dict[str, Any]:
+    return handle.stats.remote().result()
+
+
+def diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in ("batches", "items", "forward_s")}
+
+
+def kill_phase(url: str, samples: list[dict], clients: int, seconds: float, kill_at: float, handle,
+               counter: Iterator[int]) -> dict[str, Any]:
+    """Load for ``seconds``; at ``kill_at`` SIGKILL the model replica; what clients and /healthz saw."""
+    victim = model_stats(handle)["pid"]
+
+    async def scenario() -> tuple[list[dict], list[dict], float]:
+        async def killer() -> float:
+            await asyncio.sleep(kill_at)
+            os.kill(victim, signal.SIGKILL)
+            return kill_at
+        load = asyncio.ensure_future(run_phase(url, samples, clients, seconds, counter))
+        health = asyncio.ensure_future(watch_health(url, seconds))
+        killed = await killer()
+        return await load, await health, killed
+
+    records, health, killed = asyncio.run(scenario())
+    after = sorted((r for r in records if r["t0"] >= killed), key=lambda r: r["t0"])
+    first_ok = next((r["t0"] + r["ms"] / 1000 for r in after if r["status"] == 200), None)
+    in_gap = [r for r in records if r["t0"] + r["ms"] / 1000 >= killed and (first_ok is None or r["t0"] <= first_ok)]
+    failed = [r for r in in_gap if r["status"] != 200]
+    not_ready = [h for h in health if h["t"] >= killed and h["status"] != 200]
+    deadline = time.time() + 60
+    while True:  # Serve's replacement: a new pid answers
+        try:
+            new_pid = model_stats(handle)["pid"]
+            if new_pid != victim:
+                break
+        except Exception:  # noqa: BLE001 - the handle fails while no replica runs
+            pass
+        if time.time() > deadline:
+            new_pid = None
+            break
+        time.sleep(0.5)
+    statuses: dict[str, int] = {}
+    for r in failed:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    return {"killed_pid": victim, "new_pid": new_pid, "kill_at_s": killed, "clients": clients,
+            "gap_s": None if first_ok is None else first_ok - killed,
+            "requests_in_gap": len(in_gap), "failed_in_gap": len(failed), "failed_statuses": statuses,
+            "failed_non_json": sum(1 for r in failed if not r["json"]),
+            "failed_max_ms": max((r["ms"] for r in failed), default=0.0),
+            "failed_p50_ms": float(np.median([r["ms"] for r in failed])) if failed else None,
+            "failed_reasons": sorted({r.get("error", "")[:120] for r in failed})[:5],
+            "readiness_503_from_s": not_ready[0]["t"] - killed if not_ready else None,
+            "readiness_503_until_s": not_ready[-1]["t"] - killed if not_ready else None,
+            "readiness_checks_not_ready": len(not_ready),
+            "readiness_max_ms": max((h["ms"] for h in health), default=0.0)}
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint to serve (thresholds.json beside it)")
     p.add_argument("--thresholds", default="", help="calibration file (default CHECKPOINT_DIR/thresholds.json)")
-    p.add_argument("--set-thresholds", default="",
-                   help="comma-separated per-level thresholds instead of the file (e.g. 0,2,2,2,2 = level 0 only)")
     p.add_argument("--data", default="", help="dataset folder (default: the checkpoint's)")
     p.add_argument("--split", default="test", help="split whose raw inputs are sent")
-    p.add_argument("--samples", type=int, default=500, help="distinct inputs, cycled")
-    p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
-    p.add_argument("--seconds", type=float, default=15, help="measured seconds per phase")
+    p.add_argument("--samples", type=int, default=1000, help="distinct inputs, cycled")
+    p.add_argument("--arms", default="cascade,unbatched,level0", help=f"comma-separated, of {sorted(ARMS)}")
+    p.add_argument("--clients", default="32,128", help="comma-separated concurrent HTTP client counts")
+    p.add_argument("--seconds", type=float, default=12, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds of load before each phase")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of (batched, unbatched), order alternating")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over every (clients, arm); order alternates")
+    p.add_argument("--kill", action="store_true", help="end with a phase that kills the model replica mid-run")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="ServeConfig override for every arm, e.g. --set ingress_replicas=2 (repeatable)")
     p.add_argument("--output", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    if unknown := [a for a in arms if a not in ARMS]:
+        p.error(f"unknown arm(s) {unknown}; choose from {sorted(ARMS)}")
+    client_counts = [int(c) for c in args.clients.split(",") if c]
 
     import ray
     from ray import serve
 
+    from icpc.config import finalize
+    from icpc.inference.calibrate import OFF, raw_inputs
     from icpc.inference.serve import APP_NAME, ServeConfig, deploy, model_info, start_serve
     from icpc.modelio import load_checkpoint
 
     data = args.data or load_checkpoint(args.checkpoint)["data"]
-    samples = load_samples(data, args.split, args.samples)
+    samples = raw_inputs(data, args.split, args.samples)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = ServeConfig(checkpoint=args.checkpoint, thresholds=args.thresholds, port=port,
-                      set_thresholds=[float(t) for t in args.set_thresholds.split(",") if t])
+    cfg = finalize(ServeConfig(checkpoint=args.checkpoint, thresholds=args.thresholds, port=port), args.set)
+    levels = len(model_info(args.checkpoint)["spec"]["ladder"])
+    level0 = [0.0] + [OFF] * (levels - 1)
     load_before = os.getloadavg()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    results: dict[str, list[dict]] = {"batched": [], "unbatched": []}
+    phases: list[dict] = []
     counter = itertools.count()
-    latencies: dict[str, list[float]] = {"batched": [], "unbatched": []}
+    kill = None
     try:
         url = start_serve(cfg)
         classifier = serve.get_deployment_handle("Classifier", APP_NAME)
+        pids = None
         for rnd in range(args.rounds):
-            for mode in (("batched", "unbatched") if rnd % 2 == 0 else ("unbatched", "batched")):
-                deploy(ServeConfig(**{**cfg.__dict__, "batching": mode == "batched"}))  # reconfigure only
-                asyncio.run(run_phase(url, samples, args.clients, args.warmup, counter))
-                before = classifier.stats.remote().result()
-                t0 = time.perf_counter()
-                records = asyncio.run(run_phase(url, samples, args.clients, args.seconds, counter))
-                elapsed = time.perf_counter() - t0
-                after = classifier.stats.remote().result()
-                assert after["batching"] == (mode == "batched") and after["pid"] == before["pid"]
-                phase = summarize(records, elapsed, after["batches"] - before["batches"],
-                                  after["items"] - before["items"])
-                results[mode].append(phase)
-                latencies[mode] += [r["ms"] for r in records if r["status"] == 200]
-                print(f"round {rnd + 1} {mode:<9} {phase['throughput_rps']:7.1f} req/s  p50 {phase['p50_ms']:7.1f} ms  "
-                      f"p99 {phase['p99_ms']:7.1f} ms  errors {phase['errors']}  mean batch {phase['mean_batch']:.1f}",
-                      flush=True)
+            for clients in client_counts:
+                for arm in (arms if rnd % 2 == 0 else arms[::-1]):
+                    batching, only0 = ARMS[arm]
+                    deploy(ServeConfig(**{**cfg.__dict__, "batching": batching,
+                                          "set_thresholds": level0 if only0 else cfg.set_thresholds}))
+                    asyncio.run(run_phase(url, samples, clients, args.warmup, counter))
+                    before, cpu0 = model_stats(classifier), cpu_seconds()
+                    t0 = time.perf_counter()
+                    records = asyncio.run(run_phase(url, samples, clients, args.seconds, counter))
+                    elapsed = time.perf_counter() - t0
+                    after, cpu1 = model_stats(classifier), cpu_seconds()
+                    assert after["batching"] == batching and after["pid"] == before["pid"]
+                    pids = pids or after["pid"]
+                    assert after["pid"] == pids, "the model replica was replaced between arms"
+                    phase = summarize(records, elapsed, diff(after, before), {k: cpu1[k] - cpu0[k] for k in cpu1})
+                    phase.update(round=rnd + 1, arm=arm, clients=clients)
+                    phases.append(phase)
+                    other = phase["server_errors"] - phase["status_503"] - phase["status_504"]
+                    print(f"round {rnd + 1} {clients:>4} clients {arm:<17}{phase['throughput_rps']:7.1f} req/s  "
+                          f"p50 {phase['p50_ms']:7.1f}  p99 {phase['p99_ms']:7.1f} ms  503 {phase['status_503']:>4}  "
+                          f"504 {phase['status_504']}  other 5xx {other}  "
+                          f"batch {phase['mean_batch']:4.1f}  tried {phase['mean_levels_tried']:.2f}", flush=True)
+        if args.kill:
+            deploy(cfg)
+            asyncio.run(run_phase(url, samples, 32, args.warmup, counter))
+            kill = kill_phase(url, samples, 32, 25.0, 4.0, classifier, counter)
+            print(f"kill: gap {kill['gap_s']} s, {kill['failed_in_gap']} failed {kill['failed_statuses']} "
+                  f"(max {kill['failed_max_ms']:.0f} ms, non-JSON {kill['failed_non_json']}); readiness 503 from "
+                  f"+{kill['readiness_503_from_s']} to +{kill['readiness_503_until_s']} s; new pid {kill['new_pid']}",
+                  flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
     report = {"command": " ".join([sys.executable, *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
               "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-              "clients": args.clients, "samples": len(samples), "split": args.split,
+              "samples": len(samples), "split": args.split,
               "model": {k: v for k, v in model_info(args.checkpoint).items() if k != "spec"},
-              "serve": cfg.__dict__, "phases": results,
-              "total": {mode: summarize_phases(ph, latencies[mode]) for mode, ph in results.items()}}
-    answers: dict[int, bool] = {}
-    for phases in results.values():
-        for ph in phases:
-            answers.update(ph.pop("correct_by_sample"))
-    report["served_accuracy"] = {"samples": len(answers), "accuracy": sum(answers.values()) / max(1, len(answers))}
-    print(f"served accuracy over {len(answers)} distinct {args.split} samples: {report['served_accuracy']['accuracy']:.4f}")
-    for mode, t in report["total"].items():
-        print(f"{mode:<9} {t['throughput_rps']:7.1f} req/s  p50 {t['p50_ms']:7.1f} ms  p99 {t['p99_ms']:7.1f} ms  "
-              f"errors {t['errors']}/{t['requests']}  mean batch {t['mean_batch']:.1f}")
+              "serve": cfg.__dict__, "phases": phases, "kill": kill,
+              "total": totals(phases), "served_accuracy": accuracy(phases)}
+    for ph in phases:
+        ph.pop("correct_by_sample")
+    print(format_totals(report))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.output}")
-    return 0 if all(t["errors"] == 0 for t in report["total"].values()) else 1
+    return 0
 
 
-def summarize_phases(phases: list[dict], ok_ms: list[float]) -> dict:
-    """Totals over the phases of one mode; percentiles over every successful request of the mode."""
-    seconds = sum(p["seconds"] for p in phases)
-    ok = sum(p["requests"] - p["errors"] for p in phases)
-    batches = sum(p["forward_passes"] for p in phases)
-    return {"requests": sum(p["requests"] for p in phases), "errors": sum(p["errors"] for p in phases),
-            "seconds": seconds, "throughput_rps": ok / seconds,
-            "p50_ms": float(np.percentile(ok_ms, 50)) if ok_ms else float("nan"),
-            "p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else float("nan"),
-            "mean_batch": sum(p["mean_batch"] * p["forward_passes"] for p in phases) / batches if batches else 0.0,
-            "mean_levels_tried": float(np.average([p["mean_levels_tried"] for p in phases],
-                                                  weights=[p["requests"] - p["errors"] for p in phases]))}
+def accuracy(phases: list[dict]) -> dict[str, dict]:
+    """Per arm: accuracy over the distinct samples it answered, and against level0 on the samples both answered."""
+    answers: dict[str, dict[int, bool]] = {}
+    for p in phases:
+        answers.setdefault(p["arm"], {}).update(p["correct_by_sample"])
+    out: dict[str, dict] = {}
+    for arm, got in sorted(answers.items()):
+        out[arm] = {"samples": len(got), "accuracy": sum(got.values()) / max(1, len(got))}
+        common = sorted(set(got) & set(answers.get("level0", {}))) if arm != "level0" else []
+        if common:
+            out[arm]["vs_level0"] = {"samples": len(common), "points": 100 * sum(
+                got[i] - answers["level0"][i] for i in common) / max(1, len(common))}
+    return out
+
+
+def totals(phases: list[dict]) -> dict[str, dict]:
+    """Per (arm, clients): medians over rounds of throughput and latencies; summed statuses."""
+    out: dict[str, dict] = {}
+    for key in sorted({(p["arm"], p["clients"]) for p in phases}):
+        ph = [p for p in phases if (p["arm"], p["clients"]) == key]
+        out[f"{key[0]}@{key[1]}"] = {
+            "arm": key[0], "clients": key[1], "rounds": len(ph),
+            "throughput_rps": float(np.median([p["throughput_rps"] for p in ph])),
+            "p50_ms": float(np.median([p["p50_ms"] for p in ph])), "p99_ms": float(np.median([p["p99_ms"] for p in ph])),
+            "mean_batch": float(np.median([p["mean_batch"] for p in ph])),
+            "mean_levels_tried": float(np.median([p["mean_levels_tried"] for p in ph])),
+            "requests": sum(p["requests"] for p in ph), "server_errors": sum(p["server_errors"] for p in ph),
+            "status_503": sum(p["status_503"] for p in ph), "status_504": sum(p["status_504"] for p in ph),
+            "non_json_errors": sum(p["non_json_errors"] for p in ph),
+            "server_timing_ms": {k: float(np.median([p["server_timing_ms"][k] for p in ph]))
+                                 for k in ("decode", "compress", "model")},
+            "model_forward_ms_per_request": float(np.median([p["model_forward_ms_per_request"] for p in ph])),
+            "cpu_ms_per_request": {k: float(np.median([p["cpu_ms_per_request"][k] for p in ph]))
+                                   for k in ph[0]["cpu_ms_per_request"]},
+        }
+    return out
+
+
+def format_totals(report: dict) -> str:
+    lines = [f"{'arm@clients':<24}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'tried':>7}{'503':>6}{'504':>5}"
+             f"{'5xx':>5}  cpu ms/request (client proxy ingress model)"]
+    for key, t in report["total"].items():
+        cpu = t["cpu_ms_per_request"]
+        lines.append(f"{key:<24}{t['throughput_rps']:>8.1f}{t['p50_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['mean_batch']:>7.1f}"
+                     f"{t['mean_levels_tried']:>7.2f}{t['status_503']:>6}{t['status_504']:>5}{t['server_errors']:>5}  "
+                     f"{cpu['client']:.1f} {cpu['proxy']:.1f} {cpu['ingress']:.1f} {cpu['model']:.1f}")
+    for arm, a in report["served_accuracy"].items():
+        vs = (f" ({a['vs_level0']['points']:+.2f} points vs level0 on {a['vs_level0']['samples']} common samples)"
+              if "vs_level0" in a else "")
+        lines.append(f"served accuracy {arm}: {a['accuracy']:.4f} over {a['samples']} distinct samples{vs}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

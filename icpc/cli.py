@@ -44,13 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
     p.add_argument("--modality", default="image", choices=sorted(registry()), help="what the input holds")
     p.add_argument("--input", help="image/video/audio: ROOT/CLASS/FILE, ROOT/{train,val,test}/CLASS/FILE or a "
-                   "CSV of path,label[,split]; text: a CSV/JSONL/Parquet table (or a folder of train/val/test tables)")
-    p.add_argument("--output", help="folder for shards, index.parquet, rejects.parquet, manifest.json")
+                   "CSV of path,label[,split]; text: a CSV/JSONL/Parquet table (or a folder of train/val/test tables); "
+                   "a path or a URL (s3://, gs://)")
+    p.add_argument("--output", help="dataset folder, a path or a URL: manifest.json and a version folder with the "
+                   "shards, index.parquet and rejects.parquet")
     p.add_argument("--address", help="Ray cluster address (default: embedded Ray, or RAY_ADDRESS under ray job submit)")
     p.add_argument("--shard-samples", type=int, help="samples per shard (default 500)")
     p.add_argument("--limit", type=int, help="at most this many samples per split (quick runs)")
     p.add_argument("--seed", type=int, help="seed of the val/test carve-out")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    p.add_argument("--overwrite", action="store_true", help="build a new dataset beside the one in --output, then "
+                   "switch to it (readers see the old one or the new one, never a mix)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output: shards already "
+                   "sealed (sha256 checked) are kept, the rest is built (starts a run when there is none)")
+    p.add_argument("--max-reject-fraction", type=float, help="fail when one stage (scan, read, compress) rejects "
+                   "more than this share of the inputs (default 0.05; 1 = never)")
+    p.add_argument("--sample-timeout", type=float, help="seconds one input may take to decode and compress before it "
+                   "is rejected as a hang (default 120)")
     _add_set(p)
 
     p = sub.add_parser("train", help="DDP training (torchrun), a fresh level per sample per epoch")
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="report folder (default CHECKPOINT_DIR/eval)")
     p.add_argument("--strategy", choices=STRATEGIES,
                    help="evaluate with another position strategy than the one trained with")
+    p.add_argument("--device", help="where the model runs: auto (default: cuda when there is a GPU), cpu, cuda, cuda:N")
     _add_set(p)
 
     p = sub.add_parser("calibrate", help="per-level cascade thresholds for an accuracy target at the lowest cost")
@@ -133,12 +143,18 @@ def _print_config(args: argparse.Namespace, cfg) -> bool:
 def cmd_compress(args: argparse.Namespace) -> int:
     cfg = _config(compress_config_class(), args, {"modality": "modality", "input": "input", "output": "output",
                                          "address": "address", "shard_samples": "shard_samples",
-                                         "limit": "limit", "seed": "seed", "overwrite": "overwrite"})
+                                         "limit": "limit", "seed": "seed", "overwrite": "overwrite",
+                                         "resume": "resume", "max_reject_fraction": "max_reject_fraction",
+                                         "sample_timeout": "sample_timeout_s"})
     if _print_config(args, cfg):
         return 0
-    from icpc.pipeline.job import format_summary, run_compress
+    from icpc.pipeline.job import ShardFailedError, format_summary, run_compress
 
-    print(format_summary(run_compress(cfg)))
+    try:
+        print(format_summary(run_compress(cfg)))
+    except ShardFailedError as exc:
+        print(f"icpc compress: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -175,7 +191,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(EvalConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
-                                     "output": "output", "strategy": "strategy"})
+                                     "output": "output", "strategy": "strategy", "device": "device"})
     if _print_config(args, cfg):
         return 0
     from icpc.inference.evaluate import evaluate, format_report

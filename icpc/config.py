@@ -68,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 0         # also checkpoint every N optimizer steps (0 = at epoch ends only)
     keep_checkpoints: int = 2         # step checkpoints kept in output/checkpoints/ (0 = only last.pt)
     trace: bool = False               # each rank logs the rows it trained at every step (ranks/trace-R.jsonl)
+    test_each_epoch: bool = False     # also report level-0 test accuracy after every epoch (time-to-accuracy curves)
     max_steps_per_epoch: int = 0      # cap steps per epoch (0 = a full pass); for smoke tests
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -114,6 +115,8 @@ class EvalConfig:
     strategy: str = ""                # "" = the strategy the checkpoint was trained with
     threads: int = 0                  # torch threads; 0 = all cores
     limit: int = 0                    # evaluate at most this many samples (0 = all)
+    device: str = "auto"              # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
+    precision: str = "auto"           # auto = bf16 autocast on a GPU (fp16 where it lacks bf16), fp32 on CPU
 
     def validate(self) -> list[str]:
         errors = []
@@ -123,6 +126,10 @@ class EvalConfig:
             errors.append(f"thresholds={self.thresholds}: must be >= 0 (above 1 = never confident)")
         if self.batch_size <= 0:
             errors.append(f"batch_size={self.batch_size}: must be positive")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            errors.append(f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            errors.append(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.strategy and self.strategy not in STRATEGIES:
             errors.append(f"strategy={self.strategy!r}: choose one of {STRATEGIES} (or '' for the trained one)")
         return errors

@@ -6,12 +6,19 @@
 The search is pure numpy over precomputed probabilities (``search_thresholds``): a sweep of one
 shared threshold, then coordinate descent on each level's own threshold. A threshold above 1
 takes a level out of the cascade (it could never answer, so the server does not try it).
+
+The default cost, ``serving``, is what the server pays for each level it tries, measured on raw
+inputs of the split with the server's own code on the serving device: the modality's compression
+of that level, the model's forward pass at the serving batch size (``classify``) and a fixed
+per-level request overhead (the ingress -> model round trip). Decoding is paid once per request
+whatever the levels, so it is reported but does not change which thresholds are cheapest.
 """
 
 from __future__ import annotations
 
-import json
+import mimetypes
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -19,14 +26,14 @@ import numpy as np
 
 from icpc import storage
 from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc.inference.thresholds import OFF, THRESHOLDS_FILE, active_order
 from icpc.reports import save_figure, write_json
 
-THRESHOLDS_FILE = "thresholds.json"
 PLOT_FILE = "calibrate.png"
-OFF = 1.01          # a threshold no softmax probability reaches: the level is skipped
 MAX_ROUNDS = 10     # coordinate-descent passes over the levels (it converges in 2-3 here)
 # Candidate thresholds: every 0.05, denser near 1 where a trained model's softmax scores pile up.
 DEFAULT_GRID = [round(0.05 * i, 2) for i in range(20)] + [0.97, 0.98, 0.99, 0.995, 0.999]
+COSTS = ("serving", "ms", "tokens")
 
 
 @dataclass
@@ -38,12 +45,21 @@ class CalibrateConfig:
     split: str = "val"                # held-out split the thresholds are chosen on
     check_split: str = "test"         # split the chosen thresholds are then reported on ("" = none)
     tolerance: float = 0.003          # accuracy the cascade may lose against level 0 (0.003 = 0.3 points)
-    cost: str = "ms"                  # per-level cost: "ms" (measured forward ms per sample, batched) or "tokens"
+    cost: str = "serving"             # per-level cost: "serving" (ms the server pays per level tried, see the
+                                      # module doc), "ms" (forward ms per sample at batch_size) or "tokens"
     grid: list[float] = field(default_factory=lambda: DEFAULT_GRID.copy())  # candidate thresholds of each level
     output: str = ""                  # folder for thresholds.json and calibrate.png; "" = the checkpoint's
-    batch_size: int = 256             # evaluation batch
+    batch_size: int = 256             # evaluation batch (the probabilities; cost "ms")
     threads: int = 0                  # torch threads; 0 = all cores
     limit: int = 0                    # use at most this many samples per split (0 = all)
+    device: str = "auto"              # where the model runs: auto (cuda when torch sees a GPU), cpu, cuda, cuda:N
+    precision: str = "auto"           # autocast: auto = bf16 on a GPU (fp16 without bf16), fp32 on CPU; fp32, bf16, fp16
+    serve_batch: int = 32             # cost "serving": forward batch size (the server's max_batch_size)
+    serve_threads: int = 1            # cost "serving": torch threads while timing (the server's threads per replica)
+    cost_samples: int = 200           # cost "serving": raw inputs of the split decoded, compressed and timed
+    # cost "serving": ms per level tried outside compression and the model: the CPU the ingress and the model
+    # replica spend on one handle call (about 5 ms each on the 2-core load test, notes/serving.md).
+    level_overhead_ms: float = 5.0
 
     def validate(self) -> list[str]:
         errors = []
@@ -53,8 +69,15 @@ class CalibrateConfig:
             errors.append(f"check_split={self.check_split!r}: choose test, val, train or ''")
         if not 0 <= self.tolerance < 1:
             errors.append(f"tolerance={self.tolerance}: must be in [0, 1) (0.003 = 0.3 accuracy points)")
-        if self.cost not in ("ms", "tokens"):
-            errors.append(f"cost={self.cost!r}: choose ms or tokens")
+        if self.cost not in COSTS:
+            errors.append(f"cost={self.cost!r}: choose one of {COSTS}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            errors.append(f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
+        for name in ("serve_batch", "serve_threads", "cost_samples"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}={getattr(self, name)}: must be positive")
+        if self.level_overhead_ms < 0:
+            errors.append(f"level_overhead_ms={self.level_overhead_ms}: must be >= 0")
         if not self.grid or any(not 0 <= t <= 1 for t in self.grid):
             errors.append(f"grid={self.grid}: needs values in [0, 1]")
         if self.batch_size <= 0:
@@ -63,32 +86,6 @@ class CalibrateConfig:
 
 
 # ----------------------------------------------------------------------------- pure core
-
-
-def active_order(thresholds: Sequence[float]) -> list[int]:
-    """Levels the cascade tries, most compressed first: those with a threshold <= 1, and level 0."""
-    return [lv for lv in cascade_order(len(thresholds)) if lv == 0 or thresholds[lv] <= 1.0]
-
-
-def check_thresholds(values: Any, num_levels: int) -> list[str]:
-    """Errors of a thresholds list: one number >= 0 per level (index = level)."""
-    if not isinstance(values, (list, tuple)) or len(values) != num_levels:
-        return [f"{values!r} must be a list of {num_levels} numbers, one per level (index = level)"]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values):
-        return [f"{list(values)} must all be numbers >= 0 (above 1 turns a level off)"]
-    return []
-
-
-def load_thresholds(path: str | os.PathLike, num_levels: int) -> list[float]:
-    """Per-level thresholds from a calibration file (``{"thresholds": [...]}``)."""
-    p = str(path)
-    if not storage.exists(p):
-        raise FileNotFoundError(f"thresholds file {p} not found; run 'icpc calibrate --checkpoint ...' "
-                                f"or pass --thresholds / --set set_thresholds=[...]")
-    values = json.loads(storage.read_text(p)).get("thresholds")
-    if errors := check_thresholds(values, num_levels):
-        raise ValueError(f"{p}: thresholds " + "; ".join(errors))
-    return [float(v) for v in values]
 
 
 def evaluate_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float],
@@ -147,6 +144,82 @@ def search_thresholds(probs: np.ndarray, labels: np.ndarray, level_cost: Sequenc
 # ----------------------------------------------------------------------------- the job
 
 
+def raw_inputs(data: str, split: str, limit: int = 0) -> list[dict[str, Any]]:
+    """The raw inputs of ``split`` as a client would send them: ``{key, data (bytes), content_type, label}``.
+
+    A sample's index ``source`` is its file, or ``FILE:record N`` of a text table (read with the
+    pipeline's table reader and the dataset's text column). The first ``limit`` rows (0 = all).
+    """
+    from icpc.dataset import open_dataset
+    from icpc.pipeline.modalities import get_modality
+
+    dataset = open_dataset(data)
+    rows = dataset.read_index(["key", "source", "label"], split=split).to_pylist()
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"dataset {data} has no {split!r} samples in its index")
+    media = get_modality(dataset.spec.modality).media_types[0]
+    tables: dict[str, dict[int, bytes]] = {}
+    out = []
+    for r in rows:
+        source = r["source"]
+        if storage.exists(source):
+            payload, kind = storage.read_bytes(source), mimetypes.guess_type(source)[0] or "application/octet-stream"
+        else:
+            file, _, record = source.rpartition(":")
+            record = record.removeprefix("record").strip()
+            if not (file and record.isdigit() and storage.exists(file)):
+                raise FileNotFoundError(f"raw input {source} of {data} is not readable here; the serving cost and the "
+                                        f"load test send the raw inputs the index names (or use --cost ms)")
+            if file not in tables:
+                tables[file] = _table_texts(file, dataset.manifest)
+            payload, kind = tables[file][int(record)], "text/plain; charset=utf-8"
+        out.append({"key": r["key"], "data": payload, "label": int(r["label"]),
+                    "content_type": kind if kind.startswith(media) else "application/octet-stream"})
+    return out
+
+
+def _table_texts(location: str, manifest: dict[str, Any]) -> dict[int, bytes]:
+    """{record number: raw text} of a text table, by the pipeline's own reader."""
+    from icpc.pipeline.modalities.text_tables import cell_bytes, read_rows
+
+    column = manifest.get("config", {}).get("text", {}).get("text_column", "text")
+    return {i: cell_bytes(row.get(column)) or b"" for i, row in read_rows(location, (column,))}
+
+
+def serving_cost(model, spec, inputs: list[bytes], batch_size: int, dtype=None) -> dict[str, Any]:
+    """What the server pays per request: decode ms (once), and per level compression ms and forward ms per
+    sample at ``batch_size``, with the server's own functions on the model's device.
+
+    Medians over ``inputs`` for decode and compression; levels are compressed most compressed first,
+    in the order the cascade tries them (a video decodes frames on demand).
+    """
+    from icpc.inference.predict import classify
+    from icpc.pipeline.modalities import get_modality
+
+    modality = get_modality(spec.modality)
+    levels = len(spec.ladder)
+    decode_s, compress_s = [], [[] for _ in range(levels)]
+    items: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(levels)]
+    for data in inputs:
+        t0 = time.perf_counter()
+        decoded = modality.decode(data, spec)
+        decode_s.append(time.perf_counter() - t0)
+        for level in cascade_order(levels):
+            t0 = time.perf_counter()
+            items[level].append(modality.compress(decoded, spec, [level]).levels[0])
+            compress_s[level].append(time.perf_counter() - t0)
+    forward_ms = []
+    for level in range(levels):
+        classify(model, spec, level, items[level][:batch_size], dtype)  # warm-up of this shape
+        t0 = time.perf_counter()
+        for i in range(0, len(items[level]), batch_size):
+            classify(model, spec, level, items[level][i:i + batch_size], dtype)  # .cpu() waits for the GPU
+        forward_ms.append(1000 * (time.perf_counter() - t0) / len(items[level]))
+    return {"samples": len(inputs), "batch_size": batch_size, "decode_ms": 1000 * float(np.median(decode_s)),
+            "compress_ms": [1000 * float(np.median(c)) for c in compress_s], "forward_ms": forward_ms}
+
+
 def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     """Measure per-level probabilities and cost, search, write thresholds.json and calibrate.png."""
     import torch
@@ -154,11 +227,15 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     from icpc.config import EvalConfig, to_dict
     from icpc.contract import Spec, check_spec
     from icpc.dataset import read_manifest, split_shards
+    from icpc.devices import autocast_dtype, resolve_device
     from icpc.inference.evaluate import predict_level
     from icpc.modelio import load_model
 
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    model, spec, state = load_model(cfg.checkpoint)
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(device, cfg.precision)
+    model, spec, state = load_model(cfg.checkpoint, device=device)
     data = cfg.data or state["data"]
     manifest = read_manifest(data)
     check_spec(spec, Spec.from_json(manifest["spec"]), f"calibrate {cfg.checkpoint} on {data}")
@@ -170,7 +247,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
         Mean tokens are counted per sample (text levels have no fixed count; the ladder holds maxima).
         """
         shards = split_shards(manifest, data, split)
-        runs = [predict_level(model, shards, spec, lv, ecfg, model.strategy) for lv in range(len(spec.ladder))]
+        runs = [predict_level(model, shards, spec, lv, ecfg, model.strategy, dtype) for lv in range(len(spec.ladder))]
         if any(r["keys"] != runs[0]["keys"] for r in runs):
             raise RuntimeError(f"levels disagree on the {split} sample set; the shards are inconsistent")
         ms = [1000 * r["seconds"] / len(r["labels"]) for r in runs]
@@ -179,16 +256,30 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     # Batched ms over the whole split, not batch-1 latency: the server batches, and on a shared CPU
     # a few hundred batch-1 timings are too noisy to rank levels by.
     probs, labels, ms, tokens = level_probs(cfg.split)
-    level_cost = ms if cfg.cost == "ms" else tokens
+    serving = None
+    if cfg.cost == "serving":
+        # Timed as one model replica runs: serve_threads torch threads, the serving batch, raw inputs.
+        torch.set_num_threads(cfg.serve_threads)
+        inputs = [x["data"] for x in raw_inputs(data, cfg.split, cfg.cost_samples)]
+        serving = serving_cost(model, spec, inputs, cfg.serve_batch, dtype)
+        serving["level_overhead_ms"] = cfg.level_overhead_ms
+        torch.set_num_threads(threads)
+        level_cost = [c + f + cfg.level_overhead_ms for c, f in zip(serving["compress_ms"], serving["forward_ms"])]
+    else:
+        level_cost = ms if cfg.cost == "ms" else tokens
     found = search_thresholds(probs, labels, level_cost, cfg.tolerance, cfg.grid)
     ref_cost = level_cost[0]
     levels = [{"level": i, "name": lv.name, "tokens": tokens[i], "cost": level_cost[i], "ms_per_sample": ms[i],
                "accuracy": float((probs[i].argmax(1) == labels).mean())} for i, lv in enumerate(spec.ladder)]
+    if serving:
+        for lv in levels:
+            lv.update(compress_ms=serving["compress_ms"][lv["level"]], forward_ms=serving["forward_ms"][lv["level"]])
     chosen = {k: v for k, v in found.items() if k != "shared"}
     report: dict[str, Any] = {
         "thresholds": chosen["thresholds"], "order": chosen["order"],
         "target": f"{cfg.split} accuracy >= level 0's - {cfg.tolerance}", "cost": cfg.cost,
         "level_cost": level_cost, "levels": levels, "samples": int(len(labels)),
+        "device": device, "precision": str(dtype or torch.float32).removeprefix("torch."), "serving": serving,
         "checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split,
         cfg.split: _summary(chosen, ref_cost, probs, labels, tokens),
         "shared": [{**s, "cost_ratio": s["mean_cost"] / ref_cost} for s in found["shared"]],
@@ -249,10 +340,14 @@ def format_report(r: dict[str, Any]) -> str:
     for lv in r["levels"]:
         lines.append(f"L{lv['level']} {lv['name']:<9}{lv['tokens']:>7}{lv['cost']:>9.3f}{lv['accuracy']:>10.4f}")
     lines.append(f"thresholds {r['thresholds']} (order {r['order']}; > 1 = level skipped)")
+    if r.get("serving"):
+        sv = r["serving"]
+        lines.append(f"serving cost on {r['device']} ({r['precision']}): decode {sv['decode_ms']:.3f} ms once, then per "
+                     f"level compress + forward (batch {sv['batch_size']}) + {sv['level_overhead_ms']} ms overhead")
     for split in ("val", "test", "train"):
         if split in r:
             s = r[split]
-            ms = f"{s['cost_ratio']:.2f}x the ms, " if r["cost"] == "ms" else ""
+            ms = f"{s['cost_ratio']:.2f}x the {r['cost']} cost, " if r["cost"] != "tokens" else ""
             lines.append(f"{split}: accuracy {s['accuracy']:.4f} ({100 * s['accuracy_delta']:+.2f} pts vs L0) at "
                          f"{ms}{s['token_ratio']:.2f}x the tokens of L0 ({s['samples']} samples)")
     lines.append(f"wrote {r['output']}/{{{THRESHOLDS_FILE}, {PLOT_FILE}}}")

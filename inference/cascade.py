@@ -7,7 +7,7 @@ top softmax probability reaches that level's threshold, and the last level tried
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,3 +70,27 @@ def cascade_cost(answered: np.ndarray, order: Sequence[int], level_cost: Sequenc
         running += level_cost[level]
         cum[level] = running
     return np.array([cum[a] for a in answered])
+
+
+async def run_cascade_async(predict: Callable[[int], Any], order: list[int], thresholds: list[float]) -> Decision:
+    """``run_cascade`` with an async ``predict(level)``: the decision stays the pure one of cascade.py.
+
+    ``run_cascade`` is replayed over the probabilities known so far; when it asks for a level not
+    computed yet, that level (and only that one) is awaited. Levels <= 5, so the replays cost nothing.
+    """
+    known: dict[int, np.ndarray] = {}
+
+    class Pending(Exception):
+        pass
+
+    def lookup(level: int) -> np.ndarray:
+        if level not in known:
+            raise Pending(level)
+        return known[level]
+
+    while True:
+        try:
+            return run_cascade(lookup, order, thresholds)
+        except Pending as missing:
+            level = missing.args[0]
+            known[level] = await predict(level)

@@ -1,4 +1,8 @@
-"""``icpc evaluate``: accuracy and measured time at every level, and the cascade over a threshold sweep."""
+"""``icpc evaluate``: accuracy and measured time at every level, and the cascade over a threshold sweep.
+
+Also the device handling that evaluation, calibration and serving share (``resolve_device``,
+``autocast_dtype``, ``to_device``): all three run the model where serving runs it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from icpc.config import EvalConfig, to_dict
 from icpc.contract import Spec, check_spec
 from icpc.dataset import read_manifest, split_shards
 from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc.devices import autocast_dtype, inference, model_device, resolve_device, synchronize, to_device
 from icpc.modelio import load_model
 from icpc.reports import save_figure, write_csv, write_json
 from icpc.training.data import eval_batches
@@ -23,22 +28,34 @@ DEFAULT_TOLERANCE = 0.003
 LATENCY_SAMPLES = 64   # samples timed one at a time per level (batch size 1, as a server sees them)
 
 
-@torch.no_grad()
-def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalConfig, strategy: str) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- device
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalConfig, strategy: str,
+                  dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Probabilities, labels and batched compute time of every sample at one level.
 
-    The first batch runs once untimed, so one-off start-up costs (allocator, thread pool) do not
-    land on whichever level is measured first.
+    Runs on the model's device (autocast to ``dtype`` if given); the time covers the GPU's work.
+    The first batch runs once untimed, so one-off start-up costs (allocator, thread pool, CUDA
+    kernels) do not land on whichever level is measured first.
     """
+    device = model_device(model)
     probs, labels, keys, lengths, seconds = [], [], [], [], 0.0
     for i, batch in enumerate(eval_batches(shards, spec, level, batch_size=cfg.batch_size, strategy=strategy,
                                            limit=cfg.limit)):
-        if i == 0:
-            model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
-        t0 = time.perf_counter()
-        logits = model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
-        seconds += time.perf_counter() - t0
-        probs.append(torch.softmax(logits.float(), 1).numpy())
+        inputs = to_device(batch, device)
+        with inference(device, dtype):
+            if i == 0:
+                model(inputs[0], inputs[1], level, inputs[2])
+            synchronize(device)
+            t0 = time.perf_counter()
+            logits = model(inputs[0], inputs[1], level, inputs[2])
+            synchronize(device)
+            seconds += time.perf_counter() - t0
+        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         labels.append(batch["labels"].numpy())
         keys += batch["keys"]
         mask = batch["padding_mask"]  # per-sample token counts (text varies; grids are all equal)
@@ -49,13 +66,16 @@ def predict_level(model, shards: list[str], spec: Spec, level: int, cfg: EvalCon
             "keys": [keys[i] for i in order], "seconds": seconds, "tokens": np.concatenate(lengths)[order]}
 
 
-@torch.no_grad()
-def latency_level(model, shards: list[str], spec: Spec, level: int, strategy: str, n: int) -> float:
-    """Median milliseconds of one forward pass of a single sample (batch size 1) at ``level``."""
-    times = []
+def latency_level(model, shards: list[str], spec: Spec, level: int, strategy: str, n: int,
+                  dtype: torch.dtype | None = None) -> float:
+    """Median milliseconds of one forward pass of a single sample (batch size 1) at ``level``, copies included."""
+    device, times = model_device(model), []
     for batch in eval_batches(shards, spec, level, batch_size=1, strategy=strategy, limit=n):
         t0 = time.perf_counter()
-        model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
+        with inference(device, dtype):
+            inputs = to_device(batch, device)
+            model(inputs[0], inputs[1], level, inputs[2])
+            synchronize(device)
         times.append(time.perf_counter() - t0)
     return 1000 * float(np.median(times))
 
@@ -63,7 +83,10 @@ def latency_level(model, shards: list[str], spec: Spec, level: int, strategy: st
 def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Run the evaluation; writes eval.json, levels.csv, cascade.csv and cascade.png."""
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    model, spec, state = load_model(cfg.checkpoint, cfg.strategy)
+    # EvalConfig has no device/precision fields yet: auto = the GPU when there is one, as serving does.
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(device, cfg.precision)
+    model, spec, state = load_model(cfg.checkpoint, cfg.strategy, device=device)
     strategy = model.strategy
     data = cfg.data or state["data"]
     manifest = read_manifest(data)
@@ -74,7 +97,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     results = []
     for level in range(len(spec.ladder)):
-        results.append(predict_level(model, shards, spec, level, cfg, strategy))
+        results.append(predict_level(model, shards, spec, level, cfg, strategy, dtype))
         if progress:
             print(f"  level {level} ({spec.ladder[level].name}): acc "
                   f"{(results[-1]['probs'].argmax(1) == results[-1]['labels']).mean():.4f}", flush=True)
@@ -90,7 +113,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
                        "mean_tokens": float(r["tokens"].mean()),
                        "accuracy": float((r["probs"].argmax(1) == labels).mean()),
                        "ms_per_sample_batched": 1000 * r["seconds"] / n,
-                       "ms_latency_bs1": latency_level(model, shards, spec, level, strategy, LATENCY_SAMPLES)})
+                       "ms_latency_bs1": latency_level(model, shards, spec, level, strategy, LATENCY_SAMPLES, dtype)})
     ref = levels[0]
     order = cascade_order(len(spec.ladder))
     tokens = np.stack([r["tokens"] for r in results])  # (levels, n): actual tokens of each sample
@@ -108,7 +131,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
                       "answered": {str(lv): float((answered == lv).mean()) for lv in range(len(levels))}})
     chosen = choose_threshold(sweep, ref["accuracy"], DEFAULT_TOLERANCE)
     report = {"checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split, "samples": n,
-              "strategy": strategy, "levels": levels, "cascade": sweep, "chosen": chosen,
+              "strategy": strategy, "device": device, "precision": str(dtype or torch.float32).removeprefix("torch."),
+              "levels": levels, "cascade": sweep, "chosen": chosen,
               "config": to_dict(cfg)}
     write_json(storage.join(out, "eval.json"), report)
     write_csv(storage.join(out, "levels.csv"), levels)

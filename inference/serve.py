@@ -1,19 +1,26 @@
-"""The ICPC cascade as a Ray Serve app: an HTTP ingress (``Cascade``) and a batching model (``Classifier``).
+"""The ICPC cascade as a Ray Serve app: an async HTTP ingress (``Cascade``) and a batching model (``Classifier``).
 
     icpc serve --checkpoint runs/icpc/last.pt            # embedded Ray, http://127.0.0.1:8000
-    serve deploy cluster/serve-config.yaml               # inference.serve:build_app on a cluster
+    serve deploy cluster/serve-config.yaml               # icpc.inference.serve:build_app on a cluster
     curl -s http://127.0.0.1:8000/v1/predict -H 'Content-Type: image/png' --data-binary @shoe.png
 
-The ingress compresses each request with the modality's own compressor (the pipeline's code), one
-level at a time, and runs ``inference.cascade.run_cascade`` over the Classifier's answers; the
-Classifier batches concurrent requests (``@serve.batch``) and runs one forward pass per level.
-Thresholds come from ``icpc calibrate``'s file and change at runtime through ``user_config``.
+``Cascade`` (the ingress; scale it with replicas, it holds no model) parses a request, decodes it
+once and compresses only the levels the cascade tries, in a small thread pool, and awaits the
+model through its deployment handle (no thread waits on a model call). ``Classifier`` holds the
+model on the GPU when its replica has one (``num_gpus``), else on the CPU, and batches concurrent
+requests per level (``LevelBatcher``: dynamic batching, forward passes in a worker thread so its
+event loop keeps queueing). The ingress admits ``max_inflight`` requests per replica and answers
+the rest 503 + Retry-After at once; it pings the model every ``PROBE_PERIOD_S`` and while the model
+cannot answer, ``/healthz`` and ``/v1/predict`` say 503 at once instead of waiting. Every error is
+``{"error": reason, "status": code}``. Thresholds come from ``icpc calibrate``'s file and change at
+runtime through ``user_config``.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures' types at runtime.
 import asyncio
 import dataclasses
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,116 +28,116 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from icpc import storage
 from icpc.contract import Spec
-from icpc.inference.calibrate import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
-from icpc.inference.cascade import run_cascade
+from icpc.inference.thresholds import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
+from icpc.inference.batcher import LevelBatcher
+from icpc.inference.cascade import run_cascade_async
+from icpc.inference.predict import classify, warmup_items
 from icpc.inference.http_input import RequestError, check_declared_length, read_payload
 
 APP_NAME = "icpc"
 # ServeConfig fields that reach the running replicas through user_config (no restart).
-RUNTIME_FIELDS = ("set_thresholds", "batching", "max_batch_size", "batch_wait_timeout_s")
+RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "request_timeout_s", "batching", "max_batch_size",
+                  "batch_wait_timeout_s")
+PROBE_PERIOD_S = 0.5     # each ingress replica pings the model this often (s)
+PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503
+RETRY_AFTER_S = 1        # Retry-After (s) of a 503: a client backs off about one probe cycle
+PROXY_GRACE_S = 5.0      # the proxy's timeout is the app's plus this, so the app's own JSON 504 comes first
 
 
 @dataclass
 class ServeConfig:
-    """``icpc serve`` / ``build_app`` args: the model, its thresholds, the HTTP limits and the batching."""
+    """``icpc serve`` / ``build_app`` args: the model, its device, thresholds, HTTP limits, batching, scaling."""
 
     checkpoint: str = "runs/train/last.pt"   # from `icpc train`
     thresholds: str = ""                   # calibration file; "" = thresholds.json beside the checkpoint
     set_thresholds: list[float] = field(default_factory=list)  # runtime override via user_config; [] = the file
     host: str = "127.0.0.1"                # HTTP proxy address; anything else exposes an unauthenticated API
     port: int = 8000
-    batching: bool = True                  # @serve.batch across requests, per level (off: one forward per request)
+    app_name: str = APP_NAME               # Serve application name (several models: one app each)
+    route_prefix: str = "/"                # URL prefix of this app's routes (several apps: one prefix each)
+    device: str = "auto"                   # model device: auto = cuda when the replica has a GPU, else cpu
+    precision: str = "auto"                # auto = bf16 autocast on a GPU (fp16 if it lacks bf16), fp32 on CPU
+    batching: bool = True                  # batch across requests, per level (off: one forward pass per request)
     max_batch_size: int = 32               # requests per forward pass
-    batch_wait_timeout_s: float = 0.005    # how long a batch waits to fill (s)
-    classifier_replicas: int = 1           # model replicas
+    batch_wait_timeout_s: float = 0.01     # at low load, how long a request waits for others of its level (s)
+    max_concurrent_batches: int = 1        # forward passes in flight per model replica; 2 on a GPU overlaps copies
+    classifier_replicas: int = 1           # model replicas (the minimum when autoscaling)
+    classifier_max_replicas: int = 0       # > classifier_replicas: autoscale between the two; 0 = fixed
     classifier_cpus: float = 0.5           # Ray CPUs per model replica (fractional: the app fits 2 cores)
-    ingress_cpus: float = 0.25             # Ray CPUs of the HTTP ingress replica
-    threads: int = 1                       # torch intra-op threads per model replica
+    classifier_gpus: float = 0.0           # Ray GPUs per model replica (0.25 = four replicas share one GPU)
+    threads: int = 1                       # torch intra-op threads per model replica (match classifier_cpus)
+    ingress_replicas: int = 1              # HTTP ingress replicas, which decode and compress (minimum if autoscaling)
+    ingress_max_replicas: int = 0          # > ingress_replicas: autoscale between the two; 0 = fixed
+    ingress_cpus: float = 0.25             # Ray CPUs per ingress replica
+    decode_threads: int = 2                # threads per ingress replica that decode and compress requests
     max_body_bytes: int = 8_000_000        # larger bodies (and decoded payloads) get 413
-    request_timeout_s: float = 30.0        # a request still running after this gets 504
-    max_ongoing_requests: int = 64         # concurrent requests per ingress replica (and its thread pool)
+    request_timeout_s: float = 30.0        # a request still running after this gets 504 (runtime: user_config)
+    max_inflight: int = 48                 # predict requests an ingress replica works on at once; more get 503 at
+                                           # once (runtime: user_config); ~ throughput x the latency you accept
+    max_ongoing_requests: int = 256        # Serve's per-ingress-replica limit, far above max_inflight: a replica Serve
+                                           # sees at capacity sends its router into probe-and-retry stalls
+    max_queued_requests: int = 64          # requests Serve queues for the ingress at each proxy; more: Serve's 503
+    access_log: bool = False               # Serve's log line per request in each replica (~3% of a replica's CPU)
     num_cpus: int = 0                      # CPUs of the embedded Ray of `icpc serve` (0 = all)
 
     def validate(self) -> list[str]:
         errors = []
-        for name in ("port", "max_batch_size", "classifier_replicas", "threads", "max_body_bytes",
-                     "max_ongoing_requests"):
+        for name in ("port", "max_batch_size", "max_concurrent_batches", "classifier_replicas", "threads",
+                     "ingress_replicas", "decode_threads", "max_body_bytes", "max_inflight", "max_ongoing_requests"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}={getattr(self, name)}: must be positive")
-        for name in ("classifier_cpus", "ingress_cpus", "batch_wait_timeout_s"):
+        for name in ("classifier_cpus", "classifier_gpus", "ingress_cpus", "batch_wait_timeout_s",
+                     "classifier_max_replicas", "ingress_max_replicas", "max_queued_requests", "num_cpus"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)}: must be >= 0")
+        for lo, hi in (("classifier_replicas", "classifier_max_replicas"), ("ingress_replicas", "ingress_max_replicas")):
+            if 0 < getattr(self, hi) < getattr(self, lo):
+                errors.append(f"{hi}={getattr(self, hi)} is below {lo}={getattr(self, lo)}: raise it or set 0 (fixed)")
+        if self.max_inflight >= self.max_ongoing_requests:
+            errors.append(f"max_inflight={self.max_inflight} must be below max_ongoing_requests="
+                          f"{self.max_ongoing_requests}, which leaves room for /healthz and the 503 answers")
+        if not self.route_prefix.startswith("/"):
+            errors.append(f"route_prefix={self.route_prefix!r}: must start with '/'")
         if self.request_timeout_s <= 0:
             errors.append(f"request_timeout_s={self.request_timeout_s}: must be positive")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            errors.append(f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            errors.append(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.device.startswith("cuda") and self.classifier_gpus <= 0:
+            errors.append(f"device={self.device!r} needs classifier_gpus > 0: a Ray replica sees no GPU it did "
+                          f"not reserve")
         return errors
 
 
-def classify(model, spec: Spec, items: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
-    """Softmax probabilities ``(C,)`` for each ``(tokens, positions, level)``: one forward pass per level.
-
-    Positions are the stored (consistent) ones, mapped to the model's strategy as in evaluation;
-    a text level of mixed lengths is padded with a padding mask (training's ``collate``).
-    """
-    import torch
-
-    from icpc.contract import positions_for
-    from icpc.batching import collate
-
-    out: list[np.ndarray | None] = [None] * len(items)
-    for level in sorted({lv for _, _, lv in items}):
-        idx = [i for i, (_, _, lv) in enumerate(items) if lv == level]
-        grid = spec.ladder[level].grid
-        batch = collate([{"tokens": items[i][0], "label": 0, "level": level, "key": "",
-                          "positions": positions_for(model.strategy, spec.reference_grid, grid, items[i][1])}
-                         for i in idx])
-        with torch.inference_mode():
-            logits = model(batch["tokens"], batch["positions"], level, batch["padding_mask"])
-            probs = torch.softmax(logits.float(), 1).numpy()
-        for j, i in enumerate(idx):
-            out[i] = probs[j]
-    return out
+class ModelUnavailable(Exception):
+    """The model deployment cannot answer now (no replica, or it died): the request gets 503 + Retry-After."""
 
 
-@serve.deployment(name="Classifier", ray_actor_options={"num_cpus": 0.5})
-class Classifier:
-    """Holds the checkpoint (``weights_only=True``); batches requests across callers, per level."""
+# ----------------------------------------------------------------------------- pure parts
 
-    def __init__(self, checkpoint: str, threads: int = 1):
-        import torch
 
-        from icpc.modelio import load_model
+def error(status: int, reason: str) -> JSONResponse:
+    """The one error format: ``{"error": reason, "status": code}``; a 503 also says when to retry."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
 
-        torch.set_num_threads(threads)
-        self.model, self.spec, _ = load_model(checkpoint)
-        self.batching, self.batches, self.items = True, 0, 0
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: ``{"batching": bool, "max_batch_size": int, "batch_wait_timeout_s": s}``."""
-        self.batching = bool(config.get("batching", True))
-        self.predict_batch.set_max_batch_size(int(config.get("max_batch_size", 32)))
-        self.predict_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
-
-    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> np.ndarray:
-        if self.batching:
-            return await self.predict_batch((tokens, positions, level))
-        return self.forward([(tokens, positions, level)])[0]
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, items: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
-        return self.forward(items)
-
-    def forward(self, items: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
-        self.batches, self.items = self.batches + 1, self.items + len(items)
-        return classify(self.model, self.spec, items)
-
-    def stats(self) -> dict[str, Any]:
-        """Forward passes and requests served so far (mean batch size = items / batches)."""
-        return {"pid": os.getpid(), "batching": self.batching, "batches": self.batches, "items": self.items}
+def replicas(minimum: int, maximum: int, target_ongoing: float) -> dict[str, Any]:
+    """Serve deployment options: a fixed ``num_replicas``, or autoscaling between ``minimum`` and ``maximum``
+    on ``target_ongoing`` requests per replica."""
+    if maximum <= minimum:
+        return {"num_replicas": minimum}
+    return {"num_replicas": "auto", "autoscaling_config": {
+        "min_replicas": minimum, "max_replicas": maximum, "target_ongoing_requests": target_ongoing,
+        "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}}
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -145,17 +152,148 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "status": status}, status_code=status)
+async def awaited(response) -> Any:
+    """A coroutine of a DeploymentResponse, for ``asyncio.wait_for`` / ``asyncio.wait``."""
+    return await response
+
+
+# ----------------------------------------------------------------------------- deployments
+# Serve ships these classes to the replicas by value: whatever they call must be defined above them.
+
+
+@serve.deployment(name="Classifier", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.5})
+class Classifier:
+    """Holds the checkpoint (``weights_only=True``) on its device; batches requests across callers, per level.
+
+    Its limit of ongoing requests is high on purpose: the ingress bounds the work (``max_inflight``),
+    and a model replica that never refuses answers the ingress's pings at once, even under load.
+    """
+
+    def __init__(self, checkpoint: str, threads: int = 1, device: str = "auto", precision: str = "auto",
+                 max_concurrent_batches: int = 1):
+        import torch
+
+        from icpc.devices import autocast_dtype, resolve_device
+        from icpc.modelio import load_model
+
+        torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.dtype = autocast_dtype(self.device, precision)
+        self.model, self.spec, _ = load_model(checkpoint, device=self.device)
+        # Forward passes run in these threads, off the replica's event loop, which keeps taking requests
+        # into the level queues (and answering pings) while the model computes.
+        self.executor = ThreadPoolExecutor(max_concurrent_batches, thread_name_prefix="forward")
+        self.local = threading.local()   # per forward thread: its CUDA stream
+        levels = len(self.spec.ladder)
+        self.batcher = LevelBatcher(self.run, levels, workers=max_concurrent_batches)
+        self.batching = True
+        self.batches, self.items, self.forward_s = [0] * levels, [0] * levels, 0.0
+        for level in range(levels):  # the first pass of each shape pays allocation / CUDA set-up
+            self.forward(level, warmup_items(self.spec, level, 1))
+        self.batches, self.items, self.forward_s = [0] * levels, [0] * levels, 0.0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config``: ``{"batching": bool, "max_batch_size": int, "batch_wait_timeout_s": s}``."""
+        self.batching = bool(config.get("batching", True))
+        self.batcher.max_batch_size = int(config.get("max_batch_size", 32))
+        self.batcher.wait_s = float(config.get("batch_wait_timeout_s", 0.01))
+
+    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> np.ndarray:
+        """Probabilities ``(C,)`` of one input at ``level``."""
+        if not 0 <= level < len(self.spec.ladder):
+            raise ValueError(f"level {level} is not in this model's ladder of {len(self.spec.ladder)} levels")
+        if self.batching:
+            return await self.batcher.submit(level, (tokens, positions))
+        return (await self.run(level, [(tokens, positions)]))[0]
+
+    async def run(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, level, items)
+
+    def forward(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        with self.stream():
+            probs = classify(self.model, self.spec, level, items, self.dtype)  # .cpu() waits for the GPU
+        self.forward_s += time.perf_counter() - t0
+        self.batches[level] += 1
+        self.items[level] += len(items)
+        return probs
+
+    def stream(self):
+        """On a GPU, this forward thread's own CUDA stream: with max_concurrent_batches > 1 one batch's copies
+        and kernels overlap another's instead of queueing on the default stream. On a CPU, nothing."""
+        import contextlib
+
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        if not hasattr(self.local, "stream"):
+            self.local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self.local.stream)
+
+    async def ping(self) -> dict[str, Any]:
+        """Answered on the event loop, whatever the model is computing: what the ingress's readiness asks."""
+        return {"pid": os.getpid(), "device": self.device}
+
+    def stats(self) -> dict[str, Any]:
+        """Forward passes and requests so far, per level and in all (mean batch = items / batches), and the
+        seconds spent in forward passes."""
+        return {"pid": os.getpid(), "device": self.device, "batching": self.batching,
+                "batches": sum(self.batches), "items": sum(self.items), "forward_s": self.forward_s,
+                "level_batches": list(self.batches), "level_items": list(self.items)}
+
+
+class ModelHealth:
+    """Whether the model deployment answers, as one ingress replica sees it; requests waiting on the model
+    are released (503) the moment it goes down."""
+
+    def __init__(self):
+        self.ready: bool | None = None     # None: not probed yet
+        self.reason = "not probed yet"
+        self.since = time.time()
+        self.info: dict[str, Any] = {}
+        self.went_down = asyncio.Event()
+
+    def up(self, info: dict[str, Any]) -> None:
+        if not self.ready:
+            self.ready, self.reason, self.since = True, "answering", time.time()
+            self.went_down = asyncio.Event()
+        self.info = info
+
+    def down(self, reason: str) -> None:
+        if self.ready is not False:
+            self.since = time.time()
+        self.ready, self.reason = False, reason
+        self.went_down.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {"ready": bool(self.ready), "reason": self.reason, "for_s": round(time.time() - self.since, 3),
+                **self.info}
 
 
 api = FastAPI(title="ICPC cascade", description="Variable-effort classification of compressed inputs")
 
 
-@serve.deployment(name="Cascade", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error(422, f"invalid request: {exc.errors()}")
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+@serve.deployment(name="Cascade", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Cascade:
-    """HTTP ingress: size-checks and parses the request, then compresses and classifies level by level."""
+    """HTTP ingress: admits, size-checks and parses a request, decodes it once, then compresses and
+    classifies level by level, awaiting the Classifier's handle."""
 
     def __init__(self, classifier, model: dict[str, Any], thresholds: list[float] | None, source: str,
                  limits: dict[str, Any]):
@@ -166,10 +304,21 @@ class Cascade:
         self.modality = get_modality(self.spec.modality)
         self.file_thresholds, self.file_source = thresholds, source
         self.thresholds, self.source = thresholds, source
-        self.pool = ThreadPoolExecutor(limits["max_ongoing_requests"], thread_name_prefix="cascade")
+        self.pool = ThreadPoolExecutor(limits["decode_threads"], thread_name_prefix="decode")
+        self.health = ModelHealth()
+        self.probe: asyncio.Task | None = None
+        self.inflight = 0
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config``: ``{"thresholds": [per level]}``; null or absent = the calibration file."""
+        """``user_config``: ``{"thresholds": [per level] or null (= the calibration file), "max_inflight": n,
+        "request_timeout_s": s}``."""
+        for name, kind in (("max_inflight", int), ("request_timeout_s", (int, float))):
+            value = config.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                raise ValueError(f"user_config.{name}={value!r}: must be a positive number")
+            self.limits = {**self.limits, name: value}
         values = config.get("thresholds")
         if values is None:
             if self.file_thresholds is None:
@@ -181,70 +330,187 @@ class Cascade:
             raise ValueError("user_config.thresholds: " + "; ".join(errors))
         self.thresholds, self.source = [float(t) for t in values], "user_config"
 
+    # --------------------------------------------------------------- readiness
+
+    async def ensure_probe(self) -> None:
+        """Start the ping loop on this replica's event loop (once), and wait for its first answer."""
+        if self.probe is None:
+            self.probe = asyncio.get_running_loop().create_task(self.probe_model())
+        while self.health.ready is None:
+            await asyncio.sleep(0.01)
+
+    async def probe_model(self) -> None:
+        while True:
+            response = self.classifier.ping.remote()
+            try:
+                self.health.up(await asyncio.wait_for(awaited(response), PROBE_TIMEOUT_S))
+            except asyncio.TimeoutError:
+                response.cancel()
+                self.health.down(f"the model deployment did not answer a ping within {PROBE_TIMEOUT_S} s "
+                                 f"(no replica running; Serve replaces a dead one)")
+            except Exception as exc:  # noqa: BLE001 - any failure to answer means not ready; the reason says which
+                self.health.down(f"the model deployment failed a ping: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(PROBE_PERIOD_S)
+
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(self) -> JSONResponse:
+        """Readiness: 200 while the model deployment answers pings, 503 with the reason while it cannot."""
+        await self.ensure_probe()
+        if not self.health.ready:
+            return error(503, f"not ready: {self.health.reason} (for {time.time() - self.health.since:.1f} s)")
+        return JSONResponse({"status": "ok", "model": self.health.describe(), "inflight": self.inflight})
+
+    @api.get("/livez")
+    async def livez(self) -> dict[str, Any]:
+        """Liveness: this ingress replica answers (the model may not; see /healthz)."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @api.get("/v1/info")
     async def info(self) -> dict[str, Any]:
+        await self.ensure_probe()
         return {"modality": self.spec.modality, "classes": self.model["classes"],
                 "ladder": [{"level": i, "name": lv.name, "params": lv.params, "tokens": lv.tokens}
                            for i, lv in enumerate(self.spec.ladder)],
                 "thresholds": self.thresholds, "thresholds_source": self.source,
                 "order": active_order(self.thresholds), "strategy": self.model["strategy"],
                 "checkpoint": self.model["checkpoint"], "spec": self.model["spec"],
-                "limits": self.limits, "pid": os.getpid()}
+                "limits": self.limits, "model": self.health.describe(), "pid": os.getpid()}
+
+    # --------------------------------------------------------------- the cascade
 
     @api.post("/v1/predict")
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         timeout = self.limits["request_timeout_s"]
+        if self.inflight >= self.limits["max_inflight"]:
+            return error(503, f"at capacity: {self.inflight} requests in progress on this replica "
+                              f"(max_inflight={self.limits['max_inflight']}); retry after {RETRY_AFTER_S} s")
+        self.inflight += 1
         try:
+            await self.ensure_probe()
+            if not self.health.ready:
+                raise ModelUnavailable(self.health.reason)
             body = await read_body(request, self.limits["max_body_bytes"])
             payload = read_payload(body, request.headers.get("content-type"), self.spec.modality,
                                    self.limits["max_body_bytes"])
-            loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self.pool, self.run, payload, list(self.thresholds), started + timeout)
-            answer = await asyncio.wait_for(work, timeout)
+            answer = await asyncio.wait_for(self.run(payload, list(self.thresholds)), timeout)
         except RequestError as exc:
             return error(exc.status, exc.reason)
+        except ModelUnavailable as exc:
+            return error(503, f"the model cannot answer now: {exc}; retry after {RETRY_AFTER_S} s")
         except (asyncio.TimeoutError, TimeoutError):
             return error(504, f"the cascade took longer than request_timeout_s={timeout}")
+        except Exception as exc:  # noqa: BLE001 - the documented JSON error, never a plain-text 500
+            return error(500, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self.inflight -= 1
         answer["latency_ms"] = 1000 * (time.perf_counter() - started)
         return JSONResponse(answer)
 
-    def run(self, payload: bytes, thresholds: list[float], deadline: float) -> dict[str, Any]:
-        """The cascade for one payload (in a pool thread): decode once, then compress a level, classify it,
-        decide, repeat."""
+    async def run(self, payload: bytes, thresholds: list[float]) -> dict[str, Any]:
+        """The cascade for one payload: decode once, then per level tried compress it, classify it, decide."""
+        loop = asyncio.get_running_loop()
+        timing = {"decode": 0.0, "compress": 0.0, "model": 0.0}
         tokens = []
-        try:
-            decoded = self.modality.decode(payload, self.spec)
-        except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the client's answer
-            raise RequestError(422, f"cannot decode the {self.spec.modality} input: {type(exc).__name__}: {exc}") from None
+        t0 = time.perf_counter()
+        decoded = await loop.run_in_executor(self.pool, self.decode, payload)
+        timing["decode"] = 1000 * (time.perf_counter() - t0)
 
-        def predict(level: int) -> np.ndarray:
-            try:
-                tok, pos = self.modality.compress(decoded, self.spec, [level]).levels[0]
-            except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the client's answer
-                raise RequestError(422, f"cannot decode the {self.spec.modality} input: "
-                                        f"{type(exc).__name__}: {exc}") from None
+        async def predict(level: int) -> np.ndarray:
+            t1 = time.perf_counter()
+            tok, pos = await loop.run_in_executor(self.pool, self.compress, decoded, level)
+            t2 = time.perf_counter()
+            probs = await self.call_model(tok, pos, level)
+            timing["compress"] += 1000 * (t2 - t1)
+            timing["model"] += 1000 * (time.perf_counter() - t2)
             tokens.append(len(tok))
-            remaining = max(0.001, deadline - time.perf_counter())
-            return self.classifier.predict.remote(tok, pos, level).result(timeout_s=remaining)
+            return probs
 
-        d = run_cascade(predict, active_order(thresholds), thresholds)
+        d = await run_cascade_async(predict, active_order(thresholds), thresholds)
         return {"label": d.label, "label_name": self.model["classes"][d.label], "score": d.score,
                 "level": d.level, "level_name": self.spec.ladder[d.level].name,
-                "levels_tried": d.levels_tried, "tokens": int(sum(tokens))}
+                "levels_tried": d.levels_tried, "tokens": int(sum(tokens)),
+                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
+
+    def decode(self, payload: bytes) -> Any:
+        try:
+            return self.modality.decode(payload, self.spec)
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the client's answer
+            raise self.undecodable(exc) from None
+
+    def compress(self, decoded: Any, level: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.modality.compress(decoded, self.spec, [level]).levels[0]
+        except Exception as exc:  # noqa: BLE001 - e.g. a video whose later frames do not decode
+            raise self.undecodable(exc) from None
+
+    def undecodable(self, exc: Exception) -> RequestError:
+        return RequestError(422, f"cannot decode the {self.spec.modality} input: {type(exc).__name__}: {exc}")
+
+    async def call_model(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> np.ndarray:
+        """The Classifier's probabilities, or ModelUnavailable as soon as the model is known to be down."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        response = self.classifier.predict.remote(tokens, positions, level)
+        call = asyncio.ensure_future(awaited(response))
+        went_down = asyncio.ensure_future(self.health.went_down.wait())
+        try:
+            await asyncio.wait({call, went_down}, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                raise ModelUnavailable(self.health.reason)
+            return call.result()
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            self.health.down(f"a model replica died mid-request ({type(exc).__name__}); Serve is replacing it")
+            raise ModelUnavailable(self.health.reason) from None
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise ModelUnavailable(str(exc)) from None
+        finally:  # a timeout (asyncio.wait_for) or a model gone: stop waiting, and tell Serve to drop the call
+            went_down.cancel()
+            if not call.done():
+                call.cancel()
+                response.cancel()
+
+
+# ----------------------------------------------------------------------------- builders
 
 
 def model_info(checkpoint: str) -> dict[str, Any]:
-    """What the ingress needs from a checkpoint (spec, classes, strategy), read with ``weights_only``."""
-    from icpc.modelio import load_checkpoint
+    """What the ingress needs from a checkpoint (spec, classes, strategy), read with ``weights_only``.
 
-    state = load_checkpoint(checkpoint)
-    return {"checkpoint": str(checkpoint), "spec": state["spec"], "classes": list(state["classes"]),
-            "strategy": state["config"].get("strategy", "consistent")}
+    A file that is not an ICPC checkpoint is a ValueError naming it, raised here, before Serve runs.
+    """
+    from icpc.modelio import load_checkpoint
+    from icpc.pipeline.modalities import get_modality
+
+    try:
+        state = load_checkpoint(checkpoint)
+        info = {"checkpoint": str(checkpoint), "spec": state["spec"], "classes": list(state["classes"]),
+                "strategy": state["config"].get("strategy", "consistent")}
+        get_modality(Spec.from_json(info["spec"]).modality)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load's many ways to say "not a checkpoint"
+        raise ValueError(f"checkpoint {checkpoint} cannot be served: {type(exc).__name__}: {exc}; pass a "
+                         f"last.pt written by 'icpc train'") from None
+    return info
+
+
+def thresholds_path(cfg: "ServeConfig") -> str:
+    return cfg.thresholds or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
+
+
+def preflight(cfg: "ServeConfig") -> dict[str, Any]:
+    """Check what would make the app fail once deployed, before anything starts: the checkpoint reads, and
+    thresholds exist (the file, or ``set_thresholds``) and fit its ladder. Returns ``model_info``."""
+    model = model_info(cfg.checkpoint)
+    levels = len(model["spec"]["ladder"])
+    if cfg.set_thresholds:
+        if errors := check_thresholds(cfg.set_thresholds, levels):
+            raise ValueError("set_thresholds: " + "; ".join(errors))
+    else:
+        load_thresholds(thresholds_path(cfg), levels)  # FileNotFoundError / ValueError with the fix
+    return model
 
 
 def serve_config(args: dict[str, Any] | ServeConfig) -> ServeConfig:
@@ -263,23 +529,35 @@ def build_app(args: dict[str, Any] | ServeConfig):
     """The Serve application (``import_path: icpc.inference.serve:build_app``); ``args`` are ServeConfig fields."""
     cfg = serve_config(args)
     model = model_info(cfg.checkpoint)
-    path = cfg.thresholds or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
+    path = thresholds_path(cfg)
     if cfg.set_thresholds and (errors := check_thresholds(cfg.set_thresholds, len(model["spec"]["ladder"]))):
         raise ValueError("set_thresholds: " + "; ".join(errors))
     # No calibration file is fine when user_config brings thresholds; reconfigure refuses otherwise.
     thresholds = load_thresholds(path, len(model["spec"]["ladder"])) if storage.exists(path) else None
     limits = {"max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
-              "max_ongoing_requests": cfg.max_ongoing_requests}
+              "max_inflight": cfg.max_inflight, "decode_threads": cfg.decode_threads}
+    # Models with GPUs: the replica reserves them, so CUDA_VISIBLE_DEVICES shows it one and device=auto finds it.
     classifier = Classifier.options(
-        num_replicas=cfg.classifier_replicas, ray_actor_options={"num_cpus": cfg.classifier_cpus},
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        user_config={"batching": cfg.batching, "max_batch_size": cfg.max_batch_size,
-                     "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
-    ).bind(cfg.checkpoint, cfg.threads)
+        **replicas(cfg.classifier_replicas, cfg.classifier_max_replicas, 2 * cfg.max_batch_size),
+        ray_actor_options={"num_cpus": cfg.classifier_cpus, "num_gpus": cfg.classifier_gpus},
+        user_config=classifier_user_config(cfg), logging_config={"enable_access_log": cfg.access_log},
+    ).bind(cfg.checkpoint, cfg.threads, cfg.device, cfg.precision, cfg.max_concurrent_batches)
     return Cascade.options(
+        **replicas(cfg.ingress_replicas, cfg.ingress_max_replicas, cfg.max_inflight / 2),
         ray_actor_options={"num_cpus": cfg.ingress_cpus}, max_ongoing_requests=cfg.max_ongoing_requests,
-        user_config={"thresholds": cfg.set_thresholds or None},
+        max_queued_requests=cfg.max_queued_requests, backpressure_config={"retry_after_s": RETRY_AFTER_S},
+        user_config=ingress_user_config(cfg), logging_config={"enable_access_log": cfg.access_log},
     ).bind(classifier, model, thresholds, path, limits)
+
+
+def ingress_user_config(cfg: ServeConfig) -> dict[str, Any]:
+    return {"thresholds": cfg.set_thresholds or None, "max_inflight": cfg.max_inflight,
+            "request_timeout_s": cfg.request_timeout_s}
+
+
+def classifier_user_config(cfg: ServeConfig) -> dict[str, Any]:
+    return {"batching": cfg.batching, "max_batch_size": cfg.max_batch_size,
+            "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
 
 
 def app_config(cfg: ServeConfig) -> dict[str, Any]:
@@ -290,42 +568,45 @@ def app_config(cfg: ServeConfig) -> dict[str, Any]:
     ``reconfigure`` on the running replicas instead of replacing them.
     """
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    return {"name": APP_NAME, "route_prefix": "/", "import_path": "icpc.inference.serve:build_app", "args": args,
-            "deployments": [
-                {"name": "Cascade", "user_config": {"thresholds": cfg.set_thresholds or None}},
-                {"name": "Classifier", "user_config": {"batching": cfg.batching, "max_batch_size": cfg.max_batch_size,
-                                                       "batch_wait_timeout_s": cfg.batch_wait_timeout_s}}]}
+    return {"name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": "icpc.inference.serve:build_app",
+            "args": args, "deployments": [{"name": "Cascade", "user_config": ingress_user_config(cfg)},
+                                          {"name": "Classifier", "user_config": classifier_user_config(cfg)}]}
 
 
-def deploy(cfg: ServeConfig) -> None:
-    """Deploy (or update in place) the app on the running Serve, as ``serve deploy`` would; blocks until RUNNING."""
+def deploy(cfg: ServeConfig, *more: ServeConfig) -> None:
+    """Deploy (or update in place) the app, or several apps (each its own ``app_name`` and ``route_prefix``),
+    on the running Serve, as ``serve deploy`` would; blocks until RUNNING. Apps not named are removed."""
     from ray.serve.context import _get_global_client  # what `serve run CONFIG` uses; no dashboard needed
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = serve_config(cfg)
-    path = cfg.thresholds or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
-    if not cfg.set_thresholds and not storage.exists(path):
-        load_thresholds(path, 0)  # raises FileNotFoundError with the fix, before anything is deployed
-    if cfg.set_thresholds:
-        levels = len(model_info(cfg.checkpoint)["spec"]["ladder"])
-        if errors := check_thresholds(cfg.set_thresholds, levels):
-            raise ValueError("set_thresholds: " + "; ".join(errors))
-    schema = ServeDeploySchema(applications=[app_config(cfg)],
-                               http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
+    cfgs = [serve_config(c) for c in (cfg, *more)]
+    for c in cfgs:
+        preflight(c)  # refused here, before anything is deployed
+    if len({c.app_name for c in cfgs}) < len(cfgs) or len({c.route_prefix for c in cfgs}) < len(cfgs):
+        raise ValueError(f"apps {[(c.app_name, c.route_prefix) for c in cfgs]}: each needs its own app_name and "
+                         f"route_prefix")
+    cfg = cfgs[0]
+    schema = ServeDeploySchema(applications=[app_config(c) for c in cfgs],
+                               http_options=http_options(cfg))
     _get_global_client().deploy_apps(schema, _blocking=True)
 
 
-def start_serve(cfg: ServeConfig) -> str:
-    """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` (Ray must be up) and deploy; returns the URL."""
-    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
-    deploy(cfg)
+def http_options(cfg: ServeConfig) -> dict[str, Any]:
+    return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
+
+
+def start_serve(cfg: ServeConfig, *more: ServeConfig) -> str:
+    """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` (Ray must be up) and deploy the app(s); returns the URL."""
+    for c in (cfg, *more):
+        preflight(serve_config(c))  # before the proxy starts
+    serve.start(http_options=http_options(cfg))
+    deploy(cfg, *more)
     return f"http://{cfg.host}:{cfg.port}"
 
 
 def run_server(cfg: ServeConfig) -> None:
-    """``icpc serve``: embedded Ray (no dashboard), the app, the URL printed; blocks until Ctrl-C."""
+    """``icpc serve``: checks, then embedded Ray (no dashboard), the app, the URL printed; blocks until Ctrl-C."""
     import signal
-    import threading
 
     import ray
 
@@ -333,15 +614,17 @@ def run_server(cfg: ServeConfig) -> None:
         raise KeyboardInterrupt
 
     cfg = serve_config(cfg)
+    model = preflight(cfg)  # a missing thresholds file or a bad checkpoint is refused before Ray starts
     ray.init(address="local", num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own (aborting) handler
     try:
         url = start_serve(cfg)
         if cfg.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"WARNING: serving on {cfg.host}: Serve's HTTP API has no authentication", flush=True)
-        print(f"serving {cfg.checkpoint} at {url}\n"
-              f"  curl {url}/v1/info\n"
-              f"  curl {url}/v1/predict -H 'Content-Type: image/png' --data-binary @sample.png\n"
+        media = example_request(model)
+        print(f"serving {cfg.checkpoint} ({model['spec']['modality']}) at {url}\n"
+              f"  curl {url}/healthz\n"
+              f"  curl {url}/v1/predict {media}\n"
               f"Ctrl-C to stop", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -349,3 +632,12 @@ def run_server(cfg: ServeConfig) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def example_request(model: dict[str, Any]) -> str:
+    """The curl arguments of one example request for the model's modality."""
+    return {"image": "-H 'Content-Type: image/png' --data-binary @sample.png",
+            "video": "-H 'Content-Type: video/mp4' --data-binary @clip.mp4",
+            "audio": "-H 'Content-Type: audio/wav' --data-binary @clip.wav",
+            "text": "-H 'Content-Type: application/json' -d '{\"text\": \"a small domestic cat\"}'",
+            }.get(model["spec"]["modality"], "--data-binary @sample")

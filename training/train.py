@@ -28,7 +28,7 @@ import torch
 from icpc import storage
 from icpc.config import TrainConfig, to_dict
 from icpc.contract import Spec, check_spec, draw_levels
-from icpc.dataset import Dataset, SampleTable, open_dataset
+from icpc.dataset import SampleTable, open_dataset
 from icpc.modelio import build_model
 from icpc.training import checkpoint
 from icpc.training.checkpoint import Checkpointer, LoaderState
@@ -127,6 +127,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
     if not len(table):
         raise ValueError(f"dataset {cfg.data} has no training samples (splits: {data.counts})")
     val_shards = data.shards("val")
+    test_shards = data.shards("test") if cfg.test_each_epoch else []
     if world.is_main:
         storage.makedirs(out)
         storage.write_text(storage.join(out, "config.json"), json.dumps(to_dict(cfg), indent=2))
@@ -229,10 +230,13 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
                                **{f"l{i}": n for i, n in enumerate(totals.levels)}}, device)
         wait = all_reduce_max({"wait": totals.wait_s / max(1e-9, totals.step_s)}, device)["wait"]
         val = evaluate_split(model, val_shards, spec, cfg.batch_size, cfg.strategy, world, device) if val_shards else {}
+        test = (evaluate_split(model, test_shards, spec, cfg.batch_size, cfg.strategy, world, device)
+                if test_shards else {})
         row = {"epoch": epoch + 1, "step": step, "steps": steps,
                "train_loss": sums["loss"] / max(1, sums["samples"]),
                "train_acc": sums["correct"] / max(1, sums["samples"]),
                "val_loss": val.get("loss", float("nan")), "val_acc": val.get("acc", float("nan")),
+               **({"test_acc": test["acc"]} if test else {}),
                "lr": scheduler.get_last_lr()[0], "epoch_seconds": epoch_seconds,
                "samples": int(sums["samples"]), "tokens": int(sums["tokens"]),
                "levels": "/".join(str(int(sums[f"l{i}"])) for i in range(len(spec.ladder))),

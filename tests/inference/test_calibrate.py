@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from icpc.inference.calibrate import (OFF, active_order, check_thresholds, evaluate_thresholds, load_thresholds,
+from icpc.inference.thresholds import OFF, active_order, check_thresholds, load_thresholds
+from icpc.inference.calibrate import (evaluate_thresholds,
                                  search_thresholds)
 from tests.conftest import run_cli
 
@@ -125,3 +126,27 @@ def test_icpc_calibrate_writes_thresholds_and_plot(straight_run, compressed, tmp
     assert val["mean_cost"] == pytest.approx(mean_tokens) and val["cost_ratio"] == pytest.approx(mean_tokens / 49)
     assert val["cost_ratio"] <= 1.0 + 1e-9
     assert (tmp_path / "calibrate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_icpc_calibrate_serving_cost_is_compression_plus_model_plus_overhead(straight_run, compressed, tmp_path):
+    """The default cost: per level, what the server pays (its compression and its forward pass at the serving
+    batch, timed on raw test inputs), so the cheapest thresholds are cheapest for the server."""
+    proc = run_cli("calibrate", "--checkpoint", str(straight_run / "last.pt"), "--output", str(tmp_path),
+                   "--tolerance", "0.01", "--device", "cpu", "--set", "cost_samples=64", "--set", "serve_batch=16",
+                   "--set", "level_overhead_ms=2.0", "--set", "check_split=")
+    assert "serving cost on cpu (float32)" in proc.stdout
+    report = json.loads((tmp_path / "thresholds.json").read_text())
+    sv = report["serving"]
+    assert report["cost"] == "serving" and report["device"] == "cpu" and sv["batch_size"] == 16
+    assert sv["samples"] == min(64, report["samples"])   # raw inputs of the val split, at most cost_samples
+    assert len(sv["compress_ms"]) == len(sv["forward_ms"]) == 5 and sv["decode_ms"] > 0
+    for lv, cost in enumerate(report["level_cost"]):
+        assert cost == pytest.approx(sv["compress_ms"][lv] + sv["forward_ms"][lv] + 2.0)
+        assert sv["forward_ms"][lv] > 0 and sv["compress_ms"][lv] > 0
+    # the chosen point's mean cost is the cascade cost over those per-level costs, by hand
+    val, order = report["val"], report["order"]
+    paid = {lv: sum(report["level_cost"][o] for o in order[: order.index(lv) + 1]) for lv in order}
+    assert val["mean_cost"] == pytest.approx(sum(frac * paid[int(lv)] for lv, frac in val["answered"].items() if frac))
+    assert val["accuracy"] >= val["reference_accuracy"] - 0.01 and val["cost_ratio"] <= 1.0 + 1e-9
+

@@ -1,4 +1,5 @@
-"""The Serve cascade over real HTTP on 127.0.0.1: real test images, every bad request, runtime reconfigure."""
+"""The Serve cascade over real HTTP on 127.0.0.1: real test images, every bad request, runtime reconfigure,
+overload (503 at once), a killed model replica (readiness and fast 503s until Serve replaces it)."""
 
 from __future__ import annotations
 
@@ -137,8 +138,11 @@ def offline(straight_run):
     return decide
 
 
+@pytest.mark.integration
 def test_health_and_info(client, straight_run):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"]["ready"] is True and health["model"]["device"] == "cpu"
+    assert client.get("/livez").json()["status"] == "ok"
     info = client.get("/v1/info").json()
     assert info["modality"] == "image" and len(info["classes"]) == 10
     assert [lv["tokens"] for lv in info["ladder"]] == [49, 36, 25, 16, 9]
@@ -148,6 +152,7 @@ def test_health_and_info(client, straight_run):
     assert info["limits"]["max_body_bytes"] == MAX_BODY
 
 
+@pytest.mark.integration
 def test_predict_raw_uploads_match_the_offline_cascade(client, images, offline):
     levels_seen = set()
     for data in images:
@@ -159,11 +164,12 @@ def test_predict_raw_uploads_match_the_offline_cascade(client, images, offline):
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
         assert got["tokens"] == sum([49, 36, 25, 16, 9][lv] for lv in got["levels_tried"])
         assert got["level_name"] == ["side28", "side24", "side20", "side16", "side12"][got["level"]]
-        assert got["latency_ms"] > 0
+        assert got["latency_ms"] > 0 and set(got["timing_ms"]) == {"decode", "compress", "model"}
         levels_seen.add(got["level"])
     assert levels_seen  # which levels answer depends on the model; all of them are checked above
 
 
+@pytest.mark.integration
 def test_predict_json_base64_gives_the_same_answer(client, images):
     raw = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).json()
     js = client.post("/v1/predict", json={"data": base64.b64encode(images[0]).decode(), "modality": "image"}).json()
@@ -180,12 +186,14 @@ def test_predict_json_base64_gives_the_same_answer(client, images):
     ({"content": b"\x00" * (MAX_BODY + 1), "headers": {"Content-Type": "image/png"}}, 413, "byte limit"),
     ({"json": {"data": "A" * (MAX_BODY * 2)}}, 413, "byte limit"),
 ])
+@pytest.mark.integration
 def test_bad_requests_get_a_4xx_with_the_reason(client, kwargs, status, reason):
     r = client.post("/v1/predict", **kwargs)
     assert r.status_code == status, r.text
     assert reason in r.json()["error"] and r.json()["status"] == status
 
 
+@pytest.mark.integration
 def test_oversized_streamed_body_without_content_length_is_refused(client):
     def chunks():
         for _ in range(10):
@@ -195,11 +203,13 @@ def test_oversized_streamed_body_without_content_length_is_refused(client):
     assert r.status_code == 413 and "byte limit" in r.json()["error"]
 
 
-def test_unknown_route_and_method(client):
-    assert client.get("/v1/nothing").status_code == 404
-    assert client.get("/v1/predict").status_code == 405
+@pytest.mark.integration
+def test_unknown_route_and_method_answer_in_the_error_format(client):
+    for r, status in ((client.get("/v1/nothing"), 404), (client.get("/v1/predict"), 405)):
+        assert r.status_code == status and r.json()["status"] == status and r.json()["error"]
 
 
+@pytest.mark.integration
 def test_concurrent_requests_are_batched(client, images):
     from ray import serve
 
@@ -216,6 +226,7 @@ def test_concurrent_requests_are_batched(client, images):
     assert items >= len(codes) and batches < items, (items, batches)  # some forward pass served > 1 request
 
 
+@pytest.mark.integration
 def test_thresholds_change_at_runtime_without_a_redeploy(app, client, images, offline):
     from ray import serve
 
@@ -251,10 +262,41 @@ def test_thresholds_change_at_runtime_without_a_redeploy(app, client, images, of
 
 
 
+@pytest.mark.integration
+def test_overload_is_answered_503_at_once_not_504(app, client, images):
+    """Past max_inflight (a runtime setting) the ingress refuses at once: JSON 503 with Retry-After."""
+    import httpx
+
+    _, _, deploy = app
+    pid = client.get("/v1/info").json()["pid"]
+    deploy(max_inflight=2)
+    try:
+        def post(data):
+            with httpx.Client(base_url=app[0], timeout=60) as c:
+                return c.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(post, images * 2))
+        statuses = [r.status_code for r in answers]
+        assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0, statuses
+        for r in answers:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "1" and r.json()["status"] == 503
+                assert "max_inflight=2" in r.json()["error"]
+                assert r.elapsed.total_seconds() < 2.0   # refused, not queued until a timeout
+        assert client.get("/v1/info").json()["pid"] == pid, "max_inflight is applied by reconfigure, not a restart"
+    finally:
+        deploy()
+    assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
+
+
+@pytest.mark.integration
 def test_a_request_over_the_time_limit_gets_504(app, client, images):
     _, _, deploy = app
-    deploy(request_timeout_s=0.001)   # an arg, not a user_config: Serve replaces the replicas
+    pid = client.get("/v1/info").json()["pid"]
+    deploy(request_timeout_s=0.001)   # a runtime setting (user_config): no restart
     try:
+        assert client.get("/v1/info").json()["pid"] == pid
         r = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"})
         assert r.status_code == 504 and "request_timeout_s=0.001" in r.json()["error"]
     finally:
@@ -262,6 +304,75 @@ def test_a_request_over_the_time_limit_gets_504(app, client, images):
     assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
 
 
+@pytest.mark.integration
+def test_a_killed_model_replica_fails_fast_reports_not_ready_and_is_replaced(app, client, images):
+    """SIGKILL the model replica's real process: until Serve's replacement answers, /healthz says 503
+    and every request is answered 503 (JSON) within seconds instead of waiting; then all is 200 again."""
+    import os
+    import signal
+    import time
+
+    from ray import serve
+
+    from icpc.inference.serve import APP_NAME
+
+    classifier = serve.get_deployment_handle("Classifier", APP_NAME)
+    victim = classifier.stats.remote().result()["pid"]
+    assert client.get("/healthz").status_code == 200
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    seen_not_ready, failures, recovered = False, [], None
+    while time.monotonic() - killed < 90:
+        t0 = time.monotonic()
+        r = client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"})
+        waited = time.monotonic() - t0
+        if r.status_code == 200:
+            if failures:  # recovered after the gap
+                recovered = time.monotonic() - killed
+                break
+        else:
+            assert r.status_code == 503 and r.json()["status"] == 503 and r.headers["retry-after"] == "1", r.text
+            failures.append(waited)
+        health = client.get("/healthz")
+        if health.status_code == 503:
+            seen_not_ready = True
+            assert "not ready" in health.json()["error"]
+        time.sleep(0.2)
+    assert failures and recovered, "the model replica's death was never seen, or Serve never replaced it"
+    assert seen_not_ready, "readiness said 200 throughout the gap"
+    assert max(failures) < 3.0, f"a request waited {max(failures):.1f} s in the gap instead of failing fast"
+    new = classifier.stats.remote().result()["pid"]
+    assert new != victim
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("problem", ["no thresholds", "not a checkpoint"])
+def test_icpc_serve_refuses_a_bad_setup_before_ray_starts(problem, straight_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    ckpt = tmp_path / "last.pt"
+    if problem == "no thresholds":
+        shutil.copy(straight_run / "last.pt", ckpt)   # a real checkpoint, never calibrated
+        want = ["thresholds file", "not found", "icpc calibrate"]
+    else:
+        ckpt.write_bytes(b"PK\x03\x04 not a torch file")
+        want = ["cannot be served", str(ckpt)]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "icpc.cli", "serve", "--checkpoint", str(ckpt), "--port", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert all(w in proc.stderr for w in want), proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.integration
 def test_icpc_serve_command_binds_loopback_and_stops_on_sigterm(straight_run, images, tmp_path):
     """`icpc serve` in its own process (its own embedded Ray): URL printed, answers, exits cleanly."""
     import os
@@ -300,6 +411,7 @@ def test_icpc_serve_command_binds_loopback_and_stops_on_sigterm(straight_run, im
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["cluster/serve-config.yaml", "cluster/kuberay/rayservice.yaml"])
 def test_cluster_configs_deploy_this_app(path, straight_run):
     """The `serve deploy` / RayService configs name build_app, its args and deployments as the code does."""
@@ -313,11 +425,22 @@ def test_cluster_configs_deploy_this_app(path, straight_run):
         doc = yaml.safe_load(doc["spec"]["serveConfigV2"])
     (app,) = doc["applications"]
     assert app["import_path"] == "icpc.inference.serve:build_app"
+    from ray.serve.schema import ServeApplicationSchema
+
+    ServeApplicationSchema(**app)  # Serve's own schema accepts every deployment option written there
     args = {**app["args"], "checkpoint": str(straight_run / "last.pt")}
     args.pop("thresholds")
     cfg = serve_config({**args, "set_thresholds": [0.0, 0.9, 0.9, 0.9, 0.9]})
     build_app(cfg)  # builds (the checkpoint is read, the override checked) without a cluster
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {Cascade.name, Classifier.name}
-    assert set(deployments["Cascade"]["user_config"]) == {"thresholds"}
+    assert set(deployments["Cascade"]["user_config"]) <= {"thresholds", "max_inflight", "request_timeout_s"}
     assert set(deployments["Classifier"]["user_config"]) == {"batching", "max_batch_size", "batch_wait_timeout_s"}
+    # backpressure and scaling: Serve's own 503 past the queue, autoscaling ranges, a GPU slot for the model
+    ingress, model = deployments["Cascade"], deployments["Classifier"]
+    assert ingress["max_queued_requests"] > 0 and ingress["backpressure_config"]["retry_after_s"] >= 1
+    assert ingress["max_ongoing_requests"] > cfg.max_inflight
+    for d in (ingress, model):
+        scaling = d["autoscaling_config"]
+        assert d.get("num_replicas", "auto") == "auto" and 1 <= scaling["min_replicas"] < scaling["max_replicas"]
+    assert "num_gpus" in model["ray_actor_options"]

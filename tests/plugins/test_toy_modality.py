@@ -3,7 +3,6 @@ job, trained one step by two torchrun ranks, served over HTTP by ``icpc serve``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
