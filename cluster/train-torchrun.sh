@@ -17,8 +17,15 @@
 # --strategy, --resume, --set KEY=VALUE, ...). --batch-size is per rank: the global batch is
 # batch_size x NNODES x NPROC_PER_NODE.
 #
-# --data must hold the same shards at the same path on every node, and --output must be writable
-# from node 0 and readable afterwards: use shared storage for both (cluster/README.md).
+# --data and --output may be object-store URLs (s3://bucket/prefix, gs://...; credentials and
+# AWS_ENDPOINT_URL from the environment) or paths on shared storage mounted at the same place on
+# every node (cluster/README.md). Global rank 0 holds OUTPUT/.lock while it trains: a second run
+# into the same output is refused, naming the holder.
+#
+# Preemption: SIGTERM to torchrun (what Kubernetes and most schedulers send) reaches every rank;
+# they finish the step, save OUTPUT/last.pt and exit; rerun with --resume, on the same or another
+# number of nodes (the rest of the epoch is re-planned, each untrained sample once). With
+# --checkpoint-every N a hard failure loses at most N optimizer steps.
 #
 # Variables (required ones have no default):
 #   NNODES           number of nodes
@@ -27,7 +34,7 @@
 #   RDZV_PORT        rendezvous TCP port on node 0 (default 29500; open it between the nodes)
 #   NPROC_PER_NODE   processes on this node (default: one per GPU, or 1 without GPUs)
 #   MAX_RESTARTS     torchrun restarts of the whole group after a failure (default 0; pass
-#                    --resume so a restart continues from OUTPUT/last.pt)
+#                    --resume so a restart continues from OUTPUT/last.pt, mid-epoch)
 #   PYTHON           the Python whose environment has icpc installed (default: python)
 #   NCCL_SOCKET_IFNAME, NCCL_DEBUG, ... are passed through to nccl unchanged.
 set -euo pipefail

@@ -188,13 +188,17 @@ class SampleReader:
         self.payload_bytes = 0     # bytes of the payloads asked for (read amplification = io.bytes_read / this)
 
     def read(self, rows: Sequence[int], levels: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        """(tokens, positions) of each (row, level); None where the sample was skipped."""
+        """(tokens, positions) of each (row, level); None where the sample was skipped.
+
+        All the batch's range reads go out together (concurrent GETs on an object store).
+        """
         t = self.table
         rows, levels = np.asarray(rows, dtype=np.int64), np.asarray(levels, dtype=np.int64)
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
         by_shard: dict[int, list[int]] = {}
         for j, r in enumerate(rows):
             by_shard.setdefault(int(t.shard[r]), []).append(j)
+        requests, owners = [], []   # one request per merged group: (location, start, end); (spans, members)
         for shard, js in by_shard.items():
             if not self._shard_ok(shard):
                 self._skip("shard size differs from the manifest (truncated or replaced)", len(js))
@@ -202,18 +206,18 @@ class SampleReader:
             js.sort(key=lambda j: t.offset[rows[j], levels[j]])
             spans = [(int(t.offset[rows[j], levels[j]]), int(t.offset[rows[j], levels[j]] + t.size[rows[j], levels[j]]))
                      for j in js]
-            groups = merge_ranges(spans, self.merge_gap)
-            try:
-                blobs = self.io.read(t.shard_locations[shard], [(g[0], g[1]) for g in groups])
-            except OSError as exc:
-                self._skip(f"shard unreadable ({type(exc).__name__})", len(js))
-                continue
-            for (start, _, members), blob in zip(groups, blobs):
-                for k in members:
-                    j = js[k]
-                    lo, hi = spans[k][0] - start, spans[k][1] - start
-                    out[j] = self._decode(blob[lo:hi], int(rows[j]), int(levels[j]))
+            for start, end, members in merge_ranges(spans, self.merge_gap):
+                requests.append((t.shard_locations[shard], start, end))
+                owners.append((start, [(js[k], spans[k]) for k in members]))
             self.payload_bytes += sum(b - a for a, b in spans)
+        try:
+            blobs = self.io.read_many(requests)
+        except OSError as exc:
+            self._skip(f"shards unreadable ({type(exc).__name__})", sum(len(m) for _, m in owners))
+            return out
+        for (start, members), blob in zip(owners, blobs):
+            for j, (a, b) in members:
+                out[j] = self._decode(blob[a - start:b - start], int(rows[j]), int(levels[j]))
         return out
 
     def _decode(self, data: bytes, row: int, level: int) -> tuple[np.ndarray, np.ndarray] | None:
