@@ -21,6 +21,7 @@ trainer reads only the level it uses, and the shard holds no per-sample tar head
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -178,11 +179,19 @@ def consistent_positions(reference_grid: Sequence[int], level_grid: Sequence[int
 
     Both grids cover the same extent (same image / clip / spectrogram), so a level cell
     ``(i, j)`` of an ``h x w`` grid has centre ``((i+.5)H/h, (j+.5)W/w)`` in reference cells.
-    Returns int32 ``(prod(level_grid),)`` in row-major order of the level grid.
+    Returns int32 ``(prod(level_grid),)`` in row-major order of the level grid, read-only and
+    cached per pair of grids (a compressor asks for it once per sample and level).
     """
+    return _consistent_positions(tuple(int(n) for n in reference_grid), tuple(int(n) for n in level_grid))
+
+
+@functools.lru_cache(maxsize=256)
+def _consistent_positions(reference_grid: tuple[int, ...], level_grid: tuple[int, ...]) -> np.ndarray:
     _check_grids(reference_grid, level_grid)
     axes = [_cell_centres(n, r) for n, r in zip(level_grid, reference_grid)]
-    return _ravel(axes, reference_grid)
+    out = _ravel(axes, reference_grid)
+    out.setflags(write=False)
+    return out
 
 
 def corner_positions(reference_grid: Sequence[int], level_grid: Sequence[int]) -> np.ndarray:

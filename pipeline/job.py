@@ -1,19 +1,34 @@
-"""``icpc compress`` as a Ray job: one Ray task per shard compresses its samples and writes the shard.
+"""``icpc compress`` as a Ray job: the driver lists the inputs and plans the shards; one Ray task builds each shard.
 
 Runs embedded (``ray.init()`` on this machine) by default, against a cluster with ``--address``,
-and unchanged under ``ray job submit`` (which sets RAY_ADDRESS). Which shard a sample goes to
-is a pure function of the input listing (the scan's seeded order, cut into ``shard_samples``
-runs per split), so a re-run writes byte-identical shards. Each task reads its inputs and writes
-its shard through the storage layer (a path or an object-store URL); the driver receives only
-shard metadata and index rows, and writes the index, the rejects table and, last, the manifest.
+and unchanged under ``ray job submit`` (which sets RAY_ADDRESS). Which shard a sample goes to is a
+pure function of the input listing (the scan's seeded order, cut into ``shard_samples`` runs per
+split), so a re-run writes byte-identical shards. Each task reads its inputs and writes its shard
+and part file through the storage layer (``build.py``); the driver receives only summaries, keeps
+a bounded number of tasks in flight, retries a task that died (then with each sample in a child
+process, so a poison input becomes a reject), fails when a stage rejects too many inputs, and at
+the end streams the parts into index.parquet and rejects.parquet and writes the manifest last.
+Folder layout, resume and overwrite: ``runs.py``.
+
+Why not Ray Data's writers: a shard is a level-major tar whose offsets, sha256 and index rows must
+reach the manifest, its contents must be a fixed slice of the listing (resume, byte-identical
+re-runs), a sealed shard must be skipped, and a retry must change how its samples run; Ray Data
+cuts blocks itself, retries them unchanged and writes one file per block.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
+import contextlib
+import hashlib
+import json
 import os
+import resource
+import sys
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,15 +37,60 @@ from icpc import storage
 from icpc.config import to_dict
 from icpc.contract import SPLITS, Spec
 from icpc.dataset import INDEX_FILE, MANIFEST_FILE, REJECTS_FILE
-from icpc.pipeline.config import CompressConfig
+from icpc.pipeline import runs
+from icpc.pipeline.build import ShardActor, ShardTask, run_shard
+from icpc.pipeline.config import RUN_FIELDS, CompressConfig
 from icpc.pipeline.modalities import get_modality, plugin_env
-from icpc.pipeline.writer import (REJECTS_SCHEMA, ShardBuilder, ShardInfo, index_schema, meta_types, write_manifest,
-                                  write_parquet)
+from icpc.pipeline.scan import LISTING_SCHEMA, RecordView, Reject, order_listing, records_table, shard_plan
+from icpc.pipeline.writer import (REJECTS_SCHEMA, ShardInfo, index_schema, meta_types, parquet_stream,
+                                  write_manifest, write_parquet)
 from icpc.progress import Progress
 
-# Fraction of a CPU each shard task reserves: Ray then runs two per core, so a task that waits on
-# storage does not leave a core idle.
-TASK_CPUS = 0.5
+# Environment a cluster's workers need to reach the same object store as the driver (endpoints and
+# regions, not secrets: credentials come from each node's own configuration, e.g. an instance role).
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+PART_READERS = 8        # part files fetched at once while the index is written (object stores: one GET each)
+
+
+class RejectLimitError(ValueError):
+    """A stage rejected more inputs than ``max_reject_fraction`` allows."""
+
+
+class ShardFailedError(RuntimeError):
+    """A shard task failed more often than ``task_retries`` allows."""
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB; Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reject_overflow(counts: dict[str, int], inputs: int, limit: float) -> list[str]:
+    """Stages whose rejects exceed ``limit`` of ``inputs`` (already certain, whatever the rest of the job does)."""
+    return [s for s, n in sorted(counts.items()) if n > limit * inputs]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message`` of a failed task: the task's own exception when it raised, else Ray's (a dead worker)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps what the task raised
+    err = cause if isinstance(cause, BaseException) else exc
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def reject_message(stage: str, count: int, inputs: int, limit: float, examples: Sequence[dict[str, str]]) -> str:
+    shown = "\n".join(f"  {e['source']}: {e['error']}" for e in examples)
+    return (f"stage {stage!r} rejected {count} of {inputs} inputs ({100 * count / max(1, inputs):.1f}%), over "
+            f"max_reject_fraction={limit:g}; for example:\n{shown}\n"
+            f"A missing mount, wrong credentials or a wrong --input format look like this. Fix the cause and run "
+            f"again with --overwrite (a --resume keeps the shards sealed so far, their rejects included), or raise "
+            f"the limit: --max-reject-fraction F")
+
+
+# ----------------------------------------------------------------------------- Ray
 
 
 def init_ray(address: str | None, num_cpus: float | None = None) -> None:
@@ -49,160 +109,355 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
                  log_to_driver=False)
 
 
-def shard_plan(records: list[dict[str, Any]], shard_samples: int) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(shard name, split, records) of every shard: each split's records in listing order, cut into runs."""
-    plan = []
-    for split in SPLITS:
-        rows = [r for r in records if r["split"] == split]
-        for i in range(0, len(rows), shard_samples):
-            plan.append((f"{split}-{i // shard_samples:06d}.tar", split, rows[i:i + shard_samples]))
-    return plan
+def task_options(cfg: CompressConfig) -> dict[str, Any]:
+    """Ray options of a shard task: its CPUs, no blind Ray retries (the driver retries, isolated), its env."""
+    env = dict(plugin_env())  # a plugin modality named in ICPC_MODALITIES must be importable in the workers
+    if cfg.address or os.environ.get("RAY_ADDRESS"):  # an embedded Ray's workers inherit the driver's env
+        env.update({k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)})
+    options: dict[str, Any] = {"num_cpus": cfg.cpus_per_task}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    return options
 
 
-def build_shard(records: list[dict[str, Any]], spec_json: dict[str, Any], location: str, name: str, split: str,
-                max_input_bytes: int) -> tuple[ShardInfo | None, list[dict[str, str]]]:
-    """Read, decode and compress every record, write the shard to ``location``; (shard info, rejects).
+class Executor:
+    """Shard tasks in flight: ``submit(i, task, attempt)``; ``next()`` waits for one: (i, task, attempt, result or error)."""
 
-    A sample that cannot be read or compressed becomes a reject (key, source, stage, reason) and
-    the shard goes on without it; a shard whose every sample was rejected is not written (None).
-    """
-    spec = Spec.from_json(spec_json)
-    modality = get_modality(spec.modality)
-    builder, rejects = ShardBuilder(spec, modality.shared_positions), []
-    for rec in records:
-        stage = "read"
+    def __init__(self, cfg: CompressConfig, actors: bool):
+        import ray
+
+        self.ray, self.cfg = ray, cfg
+        options = task_options(cfg)
+        self.pending: dict[Any, tuple[int, ShardTask, int]] = {}
+        if actors:  # e.g. text's teacher model, loaded once per actor; one copy per core
+            n = max(1, int(ray.available_resources().get("CPU", 1)))
+            actor = ray.remote(ShardActor).options(**options, max_restarts=-1, max_task_retries=0)
+            self.actors = [actor.remote() for _ in range(n)]
+        else:
+            self.actors = []
+            self.remote = ray.remote(run_shard).options(**options, max_retries=0)
+
+    def window(self) -> int:
+        """Tasks to keep in flight: 2 per CPU slot of the cluster now (it may have grown), at least 8."""
+        if self.cfg.max_in_flight:
+            return self.cfg.max_in_flight
+        cpus = self.ray.cluster_resources().get("CPU", 1)
+        return max(8, int(2 * cpus / self.cfg.cpus_per_task))
+
+    def submit(self, i: int, task: ShardTask, attempt: int, spec_ref: Any) -> None:
+        if self.actors:  # a retry goes to another actor than the one that failed
+            ref = self.actors[(i + attempt) % len(self.actors)].build.remote(task, spec_ref)
+        else:
+            ref = self.remote.remote(task, spec_ref)
+        self.pending[ref] = (i, task, attempt)
+
+    def next(self) -> tuple[int, ShardTask, int, Any]:
+        [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
+        i, task, attempt = self.pending.pop(ref)
         try:
-            data = rec["payload"] if rec.get("payload") is not None else storage.read_bytes(rec["source"],
-                                                                                          max_input_bytes)
-            stage = "compress"
-            out = modality.compress_bytes(data, spec)
-            builder.add(rec, out.levels, out.meta)
-        except Exception as exc:  # noqa: BLE001 - any failure of one sample is recorded, the job goes on
-            rejects.append({"key": rec["key"], "source": rec["source"], "stage": stage,
-                            "error": f"{type(exc).__name__}: {exc}"})
-    if not len(builder):
-        return None, rejects
-    return builder.write(location, name, split), rejects
+            return i, task, attempt, self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # the task died (worker, node) or raised
+            return i, task, attempt, exc
+
+    def cancel(self) -> None:
+        for ref in self.pending:
+            try:
+                self.ray.cancel(ref, force=not self.actors)
+            except Exception:  # noqa: BLE001 - a task that already ended cannot be cancelled; nothing to do
+                pass
+        self.pending.clear()
 
 
-class ShardActor:
-    """``build_shard`` in a long-lived Ray actor: what the compressor caches per process (a teacher
-    model) is loaded once per actor and kept for every shard it builds."""
-
-    def build(self, *args: Any) -> tuple[ShardInfo | None, list[dict[str, str]]]:
-        return build_shard(*args)
+# ----------------------------------------------------------------------------- the job
 
 
 def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole job; returns the summary (also printed by the CLI)."""
-    import ray
+    t0 = time.perf_counter()
+    out = storage.absolute(cfg.output)
+    state = runs.inspect_output(out)
+    if state.finished_marker:  # the last run wrote its manifest but stopped before cleaning up
+        runs.collect_garbage(out, state.manifest["version"], None)
+        state = runs.inspect_output(out)
+    action = runs.decide(state, cfg.overwrite, cfg.resume, to_dict(cfg), RUN_FIELDS)
+    if action == "complete":
+        print(f"{out}: the dataset is complete and was built with these settings; nothing to resume", flush=True)
+        return summarise_manifest(out, state.manifest, time.perf_counter() - t0)
 
-    started = time.perf_counter()
     modality = get_modality(cfg.modality)
-    _check_output(cfg.output, cfg.overwrite)
-    records, rejects, classes = modality.scan(cfg)
-    reject_rows = [dataclasses.asdict(r) for r in rejects]
-    if not records:
-        raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(rejects)} rejected at scan)")
+    phases: dict[str, float] = {}
+    rss: dict[str, float] = {"before": peak_rss_mb()}   # the driver's peak so far, at the end of each phase
+    version, listing, scan_rejects, spec, classes = start_run(cfg, out, state, action, modality, phases, rss)
+    plan = shard_plan(listing, cfg.shard_samples)
+    if action == "new":  # the marker goes last: a folder with a marker always has a complete run state
+        runs.write_marker(out, version, len(plan), listing.num_rows, to_dict(cfg),
+                          (state.manifest or {}).get("version"))
+    phases["start"] = time.perf_counter() - t0 - phases["scan"]
+    rss["start"] = peak_rss_mb()
 
+    t1 = time.perf_counter()
+    outcomes, retried = execute(cfg, out, version, listing, plan, spec, len(scan_rejects),
+                                {"scan": [asdict(r) for r in scan_rejects[:3]]}, modality.needs_actors(cfg.settings),
+                                progress)
+    phases["compress"] = time.perf_counter() - t1
+    rss["compress"] = peak_rss_mb()
+
+    t2 = time.perf_counter()
+    shards, counts, summary = finish(cfg, out, version, spec, classes, plan, outcomes, scan_rejects, state.manifest)
+    phases["finalize"] = time.perf_counter() - t2
+    elapsed = time.perf_counter() - t0
+    samples = sum(counts.values())
+    summary.update({
+        "output": out, "version": version, "samples": samples, "counts": counts, "shards": len(shards),
+        "bytes": sum(s.bytes for s in shards), "seconds": elapsed, "retried_shards": retried,
+        "samples_per_s": (samples + summary["rejects"]) / elapsed,
+        "compress_samples_per_s": listing.num_rows / max(phases["compress"], 1e-9),
+        "phases": {k: round(v, 2) for k, v in phases.items()},
+        "driver_peak_rss_mb": peak_rss_mb(), "driver_peak_rss_mb_by_phase": {**rss, "finalize": peak_rss_mb()},
+        "ladder": [lv.name for lv in spec.ladder], "tokens": [lv.tokens for lv in spec.ladder],
+    })
+    return summary
+
+
+def start_run(cfg: CompressConfig, out: str, state: runs.OutputState, action: str, modality,
+              phases: dict[str, float], rss: dict[str, float]) -> tuple[str, pa.Table, list[Reject], Spec, list[str]]:
+    """(version, ordered listing, scan rejects, spec, classes) of the interrupted run to resume, or of a new run:
+    the inputs listed (the scan stage's reject guard checked), Ray started, the spec made, the run state saved."""
+    t0 = time.perf_counter()
+    if action == "resume":
+        version = state.marker["version"]
+        listing, scan_rejects, spec, classes = load_run(out, version)
+        print(f"resuming run {version} in {out}: {runs.sealed_count(out, version)} of {state.marker['shards']} "
+              f"shards sealed", flush=True)
+        phases["scan"] = time.perf_counter() - t0
+        rss["scan"] = peak_rss_mb()
+        init_ray(cfg.address, cfg.num_cpus)
+        return version, listing, scan_rejects, spec, classes
+    listing, scan_rejects, classes = scan_inputs(modality, cfg)
+    phases["scan"] = time.perf_counter() - t0
+    rss["scan"] = peak_rss_mb()
+    check_rejects({"scan": len(scan_rejects)}, listing.num_rows + len(scan_rejects), cfg.max_reject_fraction,
+                  {"scan": [asdict(r) for r in scan_rejects[:3]]})
+    if not listing.num_rows:
+        raise ValueError(f"input {cfg.input!r} holds no readable samples ({len(scan_rejects)} rejected at scan)")
     # only now, with something to write, touch the output: a bad --input never costs an old dataset
-    out = _prepare_output(cfg.output, cfg.overwrite)
+    runs.discard_run(out, state.marker, keep=(state.manifest or {}).get("version"))
+    version = runs.new_version()
+    storage.makedirs(storage.join(out, version))
     init_ray(cfg.address, cfg.num_cpus)
-    if modality.prepare is not None:
-        spec = modality.prepare(cfg.settings, [r for r in records if r.split == "train"], out)
+    if modality.prepare is not None:  # e.g. text's corpus pass (vocabulary, IDF); its copies go beside the shards
+        spec = modality.prepare(cfg.settings, RecordView(_split_rows(listing, "train")), storage.join(out, version))
     else:
         spec = modality.build_spec(cfg.settings)
-    plan = shard_plan([dataclasses.asdict(r) for r in records], cfg.shard_samples)
-    # a plugin modality named in ICPC_MODALITIES must be importable in the workers too
-    options: dict[str, Any] = {"num_cpus": TASK_CPUS}
-    if plugin_env():
-        options["runtime_env"] = {"env_vars": plugin_env()}
-    spec_ref = ray.put(spec.to_json())
-    if modality.needs_actors(cfg.settings):  # e.g. text's teacher model, loaded once per actor
-        actors = [ray.remote(ShardActor).options(**options).remote()
-                  for _ in range(max(1, int(ray.available_resources().get("CPU", 1))))]  # one model copy per core
-        refs = [actors[i % len(actors)].build.remote(recs, spec_ref, storage.join(out, name), name, split,
-                                                     cfg.max_input_bytes)
-                for i, (name, split, recs) in enumerate(plan)]
-    else:
-        task = ray.remote(build_shard).options(**options)
-        refs = [task.remote(recs, spec_ref, storage.join(out, name), name, split, cfg.max_input_bytes)
-                for name, split, recs in plan]
+    save_run(out, version, listing, scan_rejects, spec, classes)
+    return version, listing, scan_rejects, spec, classes
 
-    shards: list[ShardInfo] = []
-    writer, schema = None, None
-    index_buf = pa.BufferOutputStream()
-    bar = Progress(len(records), f"compress {cfg.modality}", unit="sample", enabled=progress)
-    for ref, (_, _, recs) in zip(refs, plan):  # in plan order: the index lists shards in order
-        info, shard_rejects = ray.get(ref)
-        reject_rows += shard_rejects
-        bar.update(len(recs))
-        if info is None:
-            continue
-        shards.append(info)
-        if writer is None:
-            schema = index_schema(len(spec.ladder), meta_types(info.rows))
-            writer = pq.ParquetWriter(index_buf, schema)
-        writer.write_table(pa.Table.from_pylist(info.rows, schema=schema))
-    bar.close()
-    writer.close()
-    storage.write_bytes(storage.join(out, INDEX_FILE), index_buf.getvalue().to_pybytes())
+
+def scan_inputs(modality, cfg: CompressConfig) -> tuple[pa.Table, list[Reject], list[str]]:
+    """The modality's scan as an ordered listing table (a plugin may return a list of Records)."""
+    listing, rejects, classes = modality.scan(cfg)
+    if not isinstance(listing, pa.Table):
+        listing = order_listing(records_table(listing), cfg.seed)
+    return listing, list(rejects), classes
+
+
+def _split_rows(listing: pa.Table, split: str) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return listing.filter(pc.equal(listing.column("split"), split))
+
+
+def spec_digest(spec_json: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+
+
+def save_run(out: str, version: str, listing: pa.Table, scan_rejects: list[Reject], spec: Spec,
+             classes: list[str]) -> None:
+    """The run's state under ``VERSION/_run/``: what a resumed run needs to cut the same shards."""
+    folder = runs.run_dir(out, version)
+    with storage.atomic_write(storage.join(folder, runs.LISTING_FILE)) as f:
+        pq.write_table(listing, f)
+    write_parquet([asdict(r) for r in scan_rejects], storage.join(folder, runs.SCAN_REJECTS_FILE), REJECTS_SCHEMA)
+    storage.write_text(storage.join(folder, runs.SPEC_FILE), json.dumps({"spec": spec.to_json(), "classes": classes}))
+
+
+def load_run(out: str, version: str) -> tuple[pa.Table, list[Reject], Spec, list[str]]:
+    """What ``save_run`` saved: (listing, scan rejects, spec, classes)."""
+    folder = runs.run_dir(out, version)
+    try:
+        with storage.open_read(storage.join(folder, runs.LISTING_FILE)) as f:
+            listing = pq.read_table(f).cast(LISTING_SCHEMA)
+        with storage.open_read(storage.join(folder, runs.SCAN_REJECTS_FILE)) as f:
+            rejects = [Reject(**r) for r in pq.read_table(f).to_pylist()]
+        saved = json.loads(storage.read_text(storage.join(folder, runs.SPEC_FILE)))
+    except FileNotFoundError as exc:
+        raise FileExistsError(f"the interrupted run {version} in {out} lacks its state ({exc}); "
+                              f"pass --overwrite to start over") from None
+    return listing, rejects, Spec.from_json(saved["spec"]), saved["classes"]
+
+
+def check_rejects(counts: dict[str, int], inputs: int, limit: float, examples: dict[str, list[dict[str, str]]]) -> None:
+    over = reject_overflow(counts, inputs, limit)
+    if over:
+        stage = over[0]
+        raise RejectLimitError(reject_message(stage, counts[stage], inputs, limit, examples.get(stage, [])))
+
+
+def execute(cfg: CompressConfig, out: str, version: str, listing: pa.Table, plan: list[tuple[str, str, int, int]],
+            spec: Spec, scan_rejected: int, examples: dict[str, list[dict[str, str]]], actors: bool,
+            progress: bool) -> tuple[list[dict[str, Any]], int]:
+    """Run every shard of ``plan``: (their summaries in plan order, shards retried). Fails (tasks cancelled,
+    the run left resumable) when a stage's rejects pass the limit or a shard fails more than ``task_retries`` times."""
+    import ray
+
+    spec_json = spec.to_json()
+    spec_sha, spec_ref = spec_digest(spec_json), ray.put(spec_json)
+    ex = Executor(cfg, actors)
+    queue = collections.deque((i, 0) for i in range(len(plan)))
+    outcomes: list[dict[str, Any]] = [{}] * len(plan)
+    counts = {"scan": scan_rejected}
+    inputs = listing.num_rows + scan_rejected
+    reused = retried = 0
+    bar = Progress(listing.num_rows, f"compress {cfg.modality}", unit="sample", enabled=progress)
+
+    def task(i: int, attempt: int) -> ShardTask:
+        name, split, start, n = plan[i]
+        # a retry first looks for the part of the attempt that died: it may have sealed the shard already
+        return ShardTask(out, f"{version}/{name}", split, listing.slice(start, n).to_pylist(),
+                         runs.part_location(out, version, name), spec_sha, cfg.max_input_bytes, cfg.sample_timeout_s,
+                         isolate=attempt > 0, reuse=cfg.resume or attempt > 0)
+
+    try:
+        while queue or ex.pending:
+            window = ex.window()
+            while queue and len(ex.pending) < window:
+                i, attempt = queue.popleft()
+                ex.submit(i, task(i, attempt), attempt, spec_ref)
+            i, t, attempt, result = ex.next()
+            if isinstance(result, Exception):
+                why = describe_failure(result)
+                if attempt >= cfg.task_retries:
+                    raise ShardFailedError(f"shard {t.name} failed {attempt + 1} times, last: {why}; the shards "
+                                           f"sealed so far are kept: fix the cause and run again with --resume")
+                retried += attempt == 0
+                print(f"shard {t.name}: attempt {attempt + 1} failed ({why}); retrying it with each sample in a "
+                      f"child process", file=sys.stderr, flush=True)
+                queue.appendleft((i, attempt + 1))
+                continue
+            outcomes[i] = result
+            reused += result["reused"]
+            for stage, n in result["rejects"].items():
+                counts[stage] = counts.get(stage, 0) + n
+                shown = examples.setdefault(stage, [])
+                shown += result["examples"][stage][:3 - len(shown)]
+            bar.update(result["inputs"])
+            bar.set_postfix(rejected=sum(counts.values()), reused=reused)
+            check_rejects(counts, inputs, cfg.max_reject_fraction, examples)
+    except BaseException:
+        ex.cancel()
+        raise
+    finally:
+        bar.close()
+    return outcomes, retried
+
+
+def _parts(out: str, version: str, plan: list[tuple[str, str, int, int]]) -> Iterator[dict[str, Any]]:
+    """Every shard's part file in plan order, ``PART_READERS`` fetched ahead."""
+    locations = [runs.part_location(out, version, name) for name, *_ in plan]
+    with ThreadPoolExecutor(PART_READERS) as pool:
+        ahead = collections.deque()
+        for loc in locations:
+            ahead.append(pool.submit(storage.read_text, loc))
+            if len(ahead) > PART_READERS:
+                yield json.loads(ahead.popleft().result())
+        while ahead:
+            yield json.loads(ahead.popleft().result())
+
+
+def write_tables(out: str, version: str, plan: list[tuple[str, str, int, int]], levels: int,
+                 scan_rejects: list[Reject]) -> dict[str, int]:
+    """Stream every part (in plan order) into ``VERSION/index.parquet`` and ``VERSION/rejects.parquet``;
+    the rejects per stage. Each file goes to a local temp file and appears in one piece."""
+    by_stage = {"scan": len(scan_rejects)} if scan_rejects else {}
+    with parquet_stream(storage.join(out, version, REJECTS_FILE), REJECTS_SCHEMA) as rejects_out, \
+            contextlib.ExitStack() as stack:
+        if scan_rejects:
+            rejects_out.write_table(pa.Table.from_pylist([asdict(r) for r in scan_rejects], schema=REJECTS_SCHEMA))
+        index_out, schema = None, None
+        for part in _parts(out, version, plan):
+            if part["rejects"]:
+                rejects_out.write_table(pa.Table.from_pylist(part["rejects"], schema=REJECTS_SCHEMA))
+                for r in part["rejects"]:
+                    by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+            if part["rows"]:
+                if index_out is None:  # the compressor's meta columns are known from the first rows
+                    schema = index_schema(levels, meta_types(part["rows"]))
+                    index_out = stack.enter_context(parquet_stream(storage.join(out, version, INDEX_FILE), schema))
+                index_out.write_table(pa.Table.from_pylist(part["rows"], schema=schema))
+        if index_out is None:  # every sample rejected (the reject guard was switched off)
+            stack.enter_context(parquet_stream(storage.join(out, version, INDEX_FILE), index_schema(levels, {})))
+    return by_stage
+
+
+def finish(cfg: CompressConfig, out: str, version: str, spec: Spec, classes: list[str],
+           plan: list[tuple[str, str, int, int]], outcomes: list[dict[str, Any]], scan_rejects: list[Reject],
+           replaced: dict[str, Any] | None) -> tuple[list[ShardInfo], dict[str, int], dict[str, Any]]:
+    """Write the index and rejects tables, then the manifest (the switch), then clean up; (shards, counts, summary)."""
+    levels = len(spec.ladder)
+    by_stage = write_tables(out, version, plan, levels, scan_rejects)
+    shards = [ShardInfo(e["name"], e["split"], e["samples"], e["bytes"], e["sha256"], e["members"], [],
+                        o["shared_positions"]) for o in outcomes if (e := o["entry"]) is not None]
     counts = {s: sum(sh.samples for sh in shards if sh.split == s) for s in SPLITS}
-    write_parquet(reject_rows, storage.join(out, REJECTS_FILE), REJECTS_SCHEMA)
-    write_manifest(out, spec, cfg.seed, to_dict(cfg), classes, shards, counts)
-    elapsed = time.perf_counter() - started
-    samples = sum(counts.values())
-    return summarise(out, spec, shards, samples, len(reject_rows), counts, elapsed)
-
-
-def summarise(out: str, spec: Spec, shards: list[ShardInfo], samples: int, rejects: int, counts: dict[str, int],
-              elapsed: float) -> dict[str, Any]:
-    rows = [r for s in shards for r in s.rows]
-    return {
-        "output": out,
-        "samples": samples,
-        "rejects": rejects,
-        "counts": counts,
-        "shards": len(shards),
-        "bytes": sum(s.bytes for s in shards),
-        "seconds": elapsed,
-        "samples_per_s": (samples + rejects) / elapsed,
-        "ladder": [lv.name for lv in spec.ladder],
-        "tokens": [lv.tokens for lv in spec.ladder],
-        # per-sample counts (text: the ladder's tokens are maxima) and truncations, where reported
-        "mean_tokens": [round(sum(r[f"tokens_l{i}"] for r in rows) / max(1, len(rows)), 1)
-                        for i in range(len(spec.ladder))],
-        "truncated": sum(bool(r["truncated"]) for r in rows) if any("truncated" in r for r in rows) else None,
+    write_manifest(out, spec, cfg.seed, to_dict(cfg), classes, shards, counts,
+                   {"version": version, "index": f"{version}/{INDEX_FILE}", "rejects": f"{version}/{REJECTS_FILE}"})
+    runs.collect_garbage(out, version, replaced)
+    stats = [o["stats"] for o in outcomes]
+    samples = sum(s["samples"] for s in stats)
+    tokens = [sum(s["tokens"][i] for s in stats if s["tokens"]) for i in range(levels)]
+    truncated = [s["truncated"] for s in stats if s["truncated"] is not None]
+    return shards, counts, {
+        "rejects": sum(by_stage.values()), "rejects_by_stage": by_stage,
+        "mean_tokens": [round(t / max(1, samples), 1) for t in tokens],
+        "truncated": sum(truncated) if truncated else None,
+        "reused_shards": sum(o["reused"] for o in outcomes),
+        # seconds the tasks spent per step (wall), and their CPU seconds, summed over shards: where the time goes
+        "task_seconds": {k: round(sum(o["timing"].get(k, 0.0) for o in outcomes), 2)
+                         for k in ("check", "read", "compress", "write", "cpu")},
     }
 
 
-def _check_output(out: str, overwrite: bool) -> None:
-    """Refuse, before any work, to write over an earlier dataset unless ``overwrite``."""
-    if not overwrite and (storage.exists(storage.join(out, MANIFEST_FILE)) or storage.glob(out, "*.tar")):
-        raise FileExistsError(f"{out} already holds a dataset; pass --overwrite to replace it "
-                              f"or choose another --output")
-
-
-def _prepare_output(out: str, overwrite: bool) -> str:
-    """Create ``out``; clear an earlier dataset (``_check_output`` allowed it); drop stale temp files."""
-    _check_output(out, overwrite)
-    for p in [*storage.glob(out, "*.tar"), *(storage.join(out, f) for f in (INDEX_FILE, REJECTS_FILE, MANIFEST_FILE))]:
-        storage.remove(p)
-    storage.makedirs(out)
-    for stale in storage.glob(out, ".*.tmp*"):
-        storage.remove(stale)
-    return out
+def summarise_manifest(out: str, manifest: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The summary of a complete dataset (``--resume`` after the run already finished)."""
+    spec = Spec.from_json(manifest["spec"])
+    counts = manifest["counts"]
+    with storage.open_read(storage.join(out, manifest.get("rejects", REJECTS_FILE))) as f:
+        rejects = pq.ParquetFile(f).metadata.num_rows
+    return {"output": out, "version": manifest.get("version"), "samples": sum(counts.values()), "counts": counts,
+            "rejects": rejects, "shards": len(manifest["shards"]), "bytes": sum(s["bytes"] for s in manifest["shards"]),
+            "seconds": elapsed, "samples_per_s": 0.0, "ladder": [lv.name for lv in spec.ladder],
+            "tokens": [lv.tokens for lv in spec.ladder], "mean_tokens": [lv.tokens for lv in spec.ladder],
+            "truncated": None, "reused_shards": len(manifest["shards"]), "retried_shards": 0}
 
 
 def format_summary(s: dict[str, Any]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items())
-    return "\n".join([
-        f"compressed {s['samples']} samples ({counts}); {s['rejects']} rejected (see rejects.parquet)",
+    stages = ", ".join(f"{k} {v}" for k, v in (s.get("rejects_by_stage") or {}).items())
+    lines = [
+        f"compressed {s['samples']} samples ({counts}); {s['rejects']} rejected"
+        + (f" ({stages})" if stages else "") + " (see rejects.parquet)",
         f"ladder {s['ladder']} -> tokens {s['tokens']}" + (
             f" (mean per sample {s['mean_tokens']})" if s.get("mean_tokens", s["tokens"]) != s["tokens"] else ""),
         *([f"{s['truncated']} samples truncated to the maximum length before compression"]
           if s.get("truncated") is not None else []),
         f"{s['shards']} shards, {s['bytes'] / 1e6:.1f} MB, in {s['seconds']:.1f} s "
         f"({s['samples_per_s']:.0f} samples/s)",
-        f"wrote {s['output']}/{{*.tar, {INDEX_FILE}, {REJECTS_FILE}, {MANIFEST_FILE}}}",
-    ])
+    ]
+    if s.get("reused_shards") or s.get("retried_shards"):
+        lines.append(f"reused {s.get('reused_shards', 0)} sealed shards; retried {s.get('retried_shards', 0)} "
+                     f"shards whose task died")
+    if s.get("phases"):
+        lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in s["phases"].items())
+                     + f"; driver peak RSS {s['driver_peak_rss_mb']} MB")
+    version = s.get("version") or "."
+    lines.append(f"wrote {s['output']}/{MANIFEST_FILE} -> {version}/{{*.tar, {INDEX_FILE}, {REJECTS_FILE}}}")
+    return "\n".join(lines)

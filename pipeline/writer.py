@@ -8,11 +8,12 @@ shard's index rows; the driver only collects that metadata.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -196,3 +197,11 @@ def write_manifest(folder: str, spec: Spec, seed: int, config: Mapping[str, Any]
     }
     storage.write_text(storage.join(folder, MANIFEST_FILE), json.dumps(manifest, indent=1))
     return manifest
+
+
+@contextlib.contextmanager
+def parquet_stream(location: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter whose tables stream to a local temp file; the file appears at ``location`` (a path
+    or URL) in one piece when the block ends without error (``storage.atomic_write``)."""
+    with storage.atomic_write(location) as f, pq.ParquetWriter(f, schema) as writer:
+        yield writer

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from icpc.pipeline.modalities.text_tokens import CHARS_PER_TOKEN, SPECIALS, decode_text, load_nlp, normalize
 
-# Fraction of a CPU each counting task reserves (as the compression tasks do, see pipeline/job.py).
+# Fraction of a CPU each counting task reserves: two per core, the pass is short and waits on Ray.
 TASK_CPUS = 0.5
 TEXTS_PER_TASK = 2000   # spaCy's tokenizer does ~10k short texts/s, so a task is ~0.2 s of work plus overhead
 

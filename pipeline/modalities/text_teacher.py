@@ -27,7 +27,7 @@ def teacher():
     from transformers import BertModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)   # a Ray actor holds half a CPU (pipeline/job.py TASK_CPUS)
+    torch.set_num_threads(1)   # a Ray actor holds at most one CPU (the compress job's task_cpus)
     model = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, attn_implementation="eager")
     return model.eval(), {t: i for i, t in enumerate(minilm_vocab())}
 

@@ -8,12 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
 from tests.conftest import run_cli, train_ddp
-from tests.readers import npy, tar_samples
+from tests.readers import index_rows, manifest, rejects_rows, shard_samples, tar_members
 
 TRAIN_CLIPS, TEST_CLIPS = 200, 40
 TOKENS = [96, 80, 48, 36, 16]
@@ -25,6 +24,7 @@ BROKEN = {  # file in train/3/ -> (stage, words of the reason); each must land i
     "garbage.wav": ("compress", "cannot decode audio"),
     "truncated.wav": ("compress", "truncated"),
     "notes.txt": ("scan", "extension"),
+    "voices.csv": ("scan", "not inside a split and class folder"),   # the builder's voice list, at the root
 }
 
 
@@ -73,9 +73,8 @@ def audio_run(audio_data, tmp_path_factory) -> Path:
 
 
 def test_every_input_once_and_bad_audio_rejected_with_its_reason(audio_data, digits):
-    index = pq.read_table(audio_data / "index.parquet").to_pylist()
-    rejects = pq.read_table(audio_data / "rejects.parquet").to_pylist()
-    inputs = {p.relative_to(digits).as_posix() for p in digits.rglob("*") if p.is_file() and p.name != "voices.csv"}
+    index, rejects = index_rows(audio_data), rejects_rows(audio_data)
+    inputs = {p.relative_to(digits).as_posix() for p in digits.rglob("*") if p.is_file()}
     assert len(inputs) == TRAIN_CLIPS + TEST_CLIPS + len(BROKEN) + 2
     seen = [Path(r["source"]).relative_to(digits).as_posix() for r in index + rejects]
     assert sorted(seen) == sorted(inputs)
@@ -92,25 +91,25 @@ def test_shards_hold_float16_spectrogram_patches_at_every_level(audio_data, digi
     from icpc.pipeline.modalities.audio import MODALITY, build_spec
     from icpc.pipeline.config import CompressConfig
 
-    manifest = json.loads((audio_data / "manifest.json").read_text())
-    assert manifest["modality"] == "audio" and manifest["spec"]["reference_grid"] == [8, 12]
-    assert [lv["tokens"] for lv in manifest["spec"]["ladder"]] == TOKENS
-    index = {r["key"]: r for r in pq.read_table(audio_data / "index.parquet").to_pylist()}
+    m = manifest(audio_data)
+    assert m["modality"] == "audio" and m["spec"]["reference_grid"] == [8, 12]
+    assert [lv["tokens"] for lv in m["spec"]["ladder"]] == TOKENS
+    index = {r["key"]: r for r in index_rows(audio_data)}
     spec = build_spec(CompressConfig().audio)
     found = 0
-    for shard in manifest["shards"]:
-        for key, members in tar_samples(audio_data / shard["name"]).items():
+    for shard in m["shards"]:
+        for key, sample in shard_samples(audio_data / shard["name"], "float16", (64,)).items():
             found += 1
-            meta = json.loads(members["json"])
-            assert meta["tokens"] == TOKENS and int(members["cls"]) == index[key]["label"]
+            assert sample["label"] == index[key]["label"]
             for level, n in enumerate(TOKENS):
-                tokens, pos = npy(members[f"l{level}.tok.npy"]), npy(members[f"l{level}.pos.npy"])
+                tokens, pos = sample["levels"][level]
+                assert index[key][f"tokens_l{level}"] == n
                 assert tokens.shape == (n, 64) and tokens.dtype == np.float16
                 assert pos.dtype == np.int32 and pos.min() >= 0 and pos.max() < 96 and np.all(np.diff(pos) > 0)
                 assert -1 <= tokens.min() and tokens.max() == 1
             if found == 1:  # the stored level 0 is what the compressor makes of the raw file
                 raw = Path(index[key]["source"]).read_bytes()
-                assert np.array_equal(npy(members["l0.tok.npy"]), MODALITY.compress_bytes(raw, spec, [0]).levels[0][0])
+                assert np.array_equal(sample["levels"][0][0], MODALITY.compress_bytes(raw, spec, [0]).levels[0][0])
     assert found == len(index)
 
 
@@ -118,7 +117,7 @@ def test_test_split_holds_only_voices_unseen_in_training(audio_data, digits):
     with open(digits / "voices.csv", newline="") as f:
         voice_of = {r["file"]: r["voice"] for r in csv.DictReader(f)}
     voices: dict[str, set[str]] = defaultdict(set)
-    for r in pq.read_table(audio_data / "index.parquet").to_pylist():
+    for r in index_rows(audio_data):
         rel = Path(r["source"]).relative_to(digits).as_posix()
         if rel in voice_of:
             voices["test" if r["split"] == "test" else "train"].add(voice_of[rel])
@@ -128,13 +127,16 @@ def test_test_split_holds_only_voices_unseen_in_training(audio_data, digits):
 
 
 def test_shards_read_with_webdataset(audio_data):
+    """webdataset groups a level-major shard's members by level: one record per level, then the shard's index."""
     import webdataset as wds
 
-    shard = json.loads((audio_data / "manifest.json").read_text())["shards"][0]
-    samples = list(wds.WebDataset(str(audio_data / shard["name"]), shardshuffle=False, empty_check=False)
-                   .decode())  # webdataset's own .npy decoder
-    assert len(samples) == shard["samples"]
-    assert samples[0]["l4.tok.npy"].shape == (16, 64) and samples[0]["l4.pos.npy"].dtype == np.int32
+    shard = manifest(audio_data)["shards"][0]
+    path = audio_data / shard["name"]
+    records = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode())  # its own .npy decoder
+    assert [r["__key__"] for r in records] == [f"l{i}" for i in range(len(TOKENS))] + ["index"]
+    assert records[-1]["json"]["samples"] == shard["samples"]
+    assert records[4]["tok"] == tar_members(path)["l4.tok"]
+    assert records[4]["pos.npy"].dtype == np.int32 and records[4]["pos.npy"].shape == (16,)
 
 
 def test_two_process_ddp_training_learns_from_spectrograms(audio_run):

