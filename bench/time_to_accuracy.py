@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/time_to_accuracy.py --data runs/demo-data --seeds 0,1,2 \
         --arm "baseline:8:baseline=true" --arm "baseline-5:5:baseline=true" \
-        --arm "icpc:8:" --arm "icpc-finish:8:final_level0_epochs=1" --output bench/results/tta-image
+        --arm "icpc:8:" --arm "icpc-anneal:8:level_weights_end=[1];anneal_start=0.5" --output bench/results/tta-image
 
-Every arm is ``NAME:EPOCHS:KEY=VALUE,...`` (``icpc train`` config overrides); the first arm is the
+Every arm is ``NAME:EPOCHS:KEY=VALUE;KEY=VALUE`` (``icpc train`` config overrides); the first arm is the
 reference (the baseline). For each seed the arms run in a rotating order (interleaved, so machine
 load falls on all of them), each a 2-rank ``icpc train`` with ``test_each_epoch``, and the run's
 metrics.csv gives per epoch the training seconds, tokens processed and level-0 test accuracy.
@@ -59,7 +59,7 @@ def run_arm(data: str, epochs: int, sets: list[str], seed: int, nproc: int, comm
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="output folder of icpc compress")
-    p.add_argument("--arm", action="append", required=True, help="NAME:EPOCHS:KEY=VALUE,... (first = reference)")
+    p.add_argument("--arm", action="append", required=True, help="NAME:EPOCHS:KEY=VALUE;... (first = reference)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--nproc-per-node", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="overrides for every arm")
@@ -68,7 +68,7 @@ def main() -> None:
     arms = {}
     for spec in args.arm:
         name, epochs, sets = (spec.split(":", 2) + [""])[:3]
-        arms[name] = (int(epochs), [kv for kv in sets.split(",") if kv])
+        arms[name] = (int(epochs), [kv for kv in sets.split(";") if kv])
     names, seeds = list(arms), [int(s) for s in args.seeds.split(",")]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

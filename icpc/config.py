@@ -54,6 +54,7 @@ class TrainConfig:
     baseline: bool = False            # always level 0 (the A/B reference)
     level_weights: list[float] = field(default_factory=list)  # relative draw probability per level; [] = uniform
     level_weights_end: list[float] = field(default_factory=list)  # weights of the last epoch, linear in between; [] = constant
+    anneal_start: float = 0.0         # share of the epochs at level_weights before they start moving to level_weights_end
     final_level0_epochs: int = 0      # the last N epochs train level 0 only (a FixRes-style finish at full resolution)
     strategy: str = "consistent"      # position strategy: consistent, corner, renumber, interpolate
     shuffle_window: int = 16384       # samples shuffled together (whole shards); 0 = the whole split at once
@@ -97,6 +98,8 @@ class TrainConfig:
             w = getattr(self, name)
             if any(x < 0 for x in w) or (w and not sum(w)):
                 errors.append(f"{name}={w}: must be non-negative, not all zero")
+        if not 0 <= self.anneal_start < 1:
+            errors.append(f"anneal_start={self.anneal_start}: a share of the epochs in [0, 1)")
         if not 0 <= self.final_level0_epochs <= self.epochs:
             errors.append(f"final_level0_epochs={self.final_level0_epochs}: must be between 0 and epochs={self.epochs}")
         return errors

@@ -25,7 +25,7 @@ from icpc.modelio import load_checkpoint
 CHECKPOINT = "last.pt"
 HISTORY = "checkpoints"
 # Config fields that shape the model or the data stream: a resumed run must keep them.
-RESUME_FIELDS = ("seed", "baseline", "level_weights", "level_weights_end", "final_level0_epochs", "strategy", "batch_size", "batch_tokens", "grad_accum",
+RESUME_FIELDS = ("seed", "baseline", "level_weights", "level_weights_end", "anneal_start", "final_level0_epochs", "strategy", "batch_size", "batch_tokens", "grad_accum",
                  "shuffle_window", "length_bucket", "model")
 
 

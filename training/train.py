@@ -60,9 +60,9 @@ class Hooks:
 def level_weights(cfg: TrainConfig, spec: Spec, epoch: int = 0) -> list[float]:
     """Relative draw probability of each level in ``epoch``: the schedule (a pure function of the config).
 
-    ``level_weights`` (default uniform) at epoch 0, moving linearly to ``level_weights_end`` at the
-    last epoch when given; the last ``final_level0_epochs`` epochs train level 0 only; a baseline
-    always does.
+    ``level_weights`` (default uniform) until ``anneal_start`` of the epochs, then moving linearly
+    to ``level_weights_end`` (when given) at the last mixed epoch; the last ``final_level0_epochs``
+    epochs train level 0 only; a baseline always does.
     """
     levels = len(spec.ladder)
     for name, w in (("level_weights", cfg.level_weights), ("level_weights_end", cfg.level_weights_end)):
@@ -76,8 +76,9 @@ def level_weights(cfg: TrainConfig, spec: Spec, epoch: int = 0) -> list[float]:
         return (start / start.sum()).tolist()
     end = np.zeros(levels)
     end[: len(cfg.level_weights_end)] = cfg.level_weights_end
-    span = max(1, cfg.epochs - cfg.final_level0_epochs - 1)
-    t = min(1.0, epoch / span)
+    first = int(round(cfg.anneal_start * (cfg.epochs - cfg.final_level0_epochs)))
+    span = max(1, cfg.epochs - cfg.final_level0_epochs - 1 - first)
+    t = min(1.0, max(0.0, (epoch - first) / span))
     weights = (1 - t) * start / start.sum() + t * end / end.sum()
     return weights.tolist()
 

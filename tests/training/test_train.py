@@ -29,3 +29,10 @@ def test_short_weight_lists_cover_the_first_levels_and_long_ones_are_refused():
     assert level_weights(TrainConfig(epochs=2, level_weights=[1, 1]), SPEC, 0) == pytest.approx([0.5, 0.5, 0, 0, 0])
     with pytest.raises(ValueError, match="6 entries"):
         level_weights(TrainConfig(epochs=2, level_weights=[1] * 6), SPEC, 0)
+
+
+def test_annealing_can_start_late():
+    cfg = TrainConfig(epochs=9, level_weights_end=[1], anneal_start=0.5)
+    w = [level_weights(cfg, SPEC, e)[0] for e in range(9)]
+    assert w[:5] == pytest.approx([0.2] * 5)           # the first half (rounded) stays uniform
+    assert w[8] == pytest.approx(1.0) and w[5] < w[6] < w[7] < w[8]
