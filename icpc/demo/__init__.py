@@ -55,9 +55,12 @@ class Demo:
     input_name: str = ""                        # what to pass as --input, relative to that folder ("" = the folder)
     train: int = 0                              # default training samples
     test: int = 0                               # default test samples
-    epochs: int = 8
+    epochs: int = 8                             # ICPC's epochs
+    baseline_epochs: int = 8                    # the baseline's epochs
     compress_sets: tuple[str, ...] = ()         # --set overrides for icpc compress
-    train_sets: tuple[str, ...] = ()            # --set overrides for icpc train
+    train_sets: tuple[str, ...] = ()            # --set overrides for icpc train, both runs
+    icpc_sets: tuple[str, ...] = ("level_weights_end=[1]",)   # ICPC's schedule (README "Results" says why)
+    schedule: str = "level weights annealed from uniform to level 0"   # ICPC's schedule, in words
     shard_samples: int = 250
 
 

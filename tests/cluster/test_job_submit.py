@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +28,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A separate Ray head (its own process group, killed at the end) with the job API on 127.0.0.1."""
+    """A separate Ray head (its own process group, killed at the end) with the job API on 127.0.0.1.
+
+    It keeps its sessions and its address file in a temp dir of its own: ``ray start`` writes the
+    address into ``TEMP/ray_current_cluster``, and one left in the default /tmp/ray by a head that was
+    killed would send a later plain ``ray.init()`` or ``serve run`` to a cluster that is gone.
+    """
     gcs, dash = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}",
+    temp = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                              "--include-dashboard=true", "--disable-usage-stats"],
                             env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
@@ -48,7 +56,7 @@ def ray_head(tmp_path):
             pytest.fail("ray head took no job in 300 s:\n" + (tmp_path / "head.log").read_text()
                         + "\nlast probe:\n" + probe.stdout.decode(errors="replace")[-2000:]
                         + probe.stderr.decode(errors="replace")[-2000:])
-        yield address, env
+        yield address, env, gcs
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -59,10 +67,11 @@ def ray_head(tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_compress_runs_unchanged_under_ray_job_submit(ray_head, image_folder, tmp_path):
-    address, env = ray_head
+    address, env, gcs = ray_head
     out = tmp_path / "data"
     proc = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--", sys.executable, "-m", "icpc.cli", "compress",
@@ -75,3 +84,6 @@ def test_compress_runs_unchanged_under_ray_job_submit(ray_head, image_folder, tm
     assert m["counts"]["test"] == 50 and m["shards"][0]["name"].startswith(m["version"] + "/")
     assert len(index_rows(out)) == sum(m["counts"].values())
     assert not (out / "in-progress.json").exists()
+    # the head's address went to its own temp dir, not to the default one a later `ray.init()` reads
+    default = Path("/tmp/ray/ray_current_cluster")
+    assert not default.exists() or f":{gcs}" not in default.read_text()
