@@ -8,7 +8,8 @@ and sets RANK / WORLD_SIZE / LOCAL_RANK like torchrun does, so ``training.train.
 unchanged: only the launch differs. Every checkpoint the run writes is also reported to Ray Train
 (``ray.train.report``: a small directory naming the checkpoint file), so with
 ``FailureConfig(max_failures=N)`` a killed worker makes Ray Train restart the group, and the
-restarted workers resume from the last reported checkpoint on their own, mid-epoch included.
+restarted workers resume on their own, mid-epoch included, from ``OUTPUT/last.pt`` (the newest
+complete checkpoint, which may be newer than the last report every worker completed).
 """
 
 from __future__ import annotations
@@ -44,10 +45,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     from icpc.training.train import Hooks, train
 
     cfg = from_dict(TrainConfig, config["cfg"])
-    restored = ray.train.get_checkpoint()
-    if restored is not None:  # Ray Train restarted the group after a failure: continue where it stopped
-        with restored.as_directory() as folder, open(os.path.join(folder, POINTER)) as f:
-            cfg.resume_from = json.load(f)["checkpoint"]
+    if ray.train.get_checkpoint() is not None:
+        # Ray Train restarted the group after a failure: continue from OUTPUT/last.pt, the newest complete
+        # checkpoint (it may be newer than the last one every worker managed to report before the failure)
         cfg.resume = True
     train(cfg, detect_world(), progress=config["progress"], hooks=Hooks(on_checkpoint=_report, lock_wait_s=60.0))
 
