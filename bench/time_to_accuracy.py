@@ -9,7 +9,8 @@ reference (the baseline). For each seed the arms run in a rotating order (interl
 load falls on all of them), each a 2-rank ``icpc train`` with ``test_each_epoch``, and the run's
 metrics.csv gives per epoch the training seconds, tokens processed and level-0 test accuracy.
 Writes ``results.json``, ``table.md`` (mean and 95% t-interval over seeds of the final accuracy,
-training seconds and tokens; the paired difference to the reference per seed) and
+training seconds and tokens; the paired difference to the reference per seed, at the end and at
+the arm's training time on the reference's curve) and
 ``curves.png`` (accuracy against cumulative training time and tokens, mean over seeds).
 """
 
@@ -40,7 +41,7 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), T95.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
-def run_arm(data: str, epochs: int, sets: list[str], seed: int, nproc: int, common: list[str]) -> dict:
+def run_arm(data: str, epochs: int, sets: list[str], seed: int, nproc: int, common: list[str], log: Path) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "icpc.cli", "train", "--nproc-per-node", str(nproc), "--data", data,
                "--output", out, "--epochs", str(epochs), "--set", f"seed={seed}", "--set", "test_each_epoch=true",
@@ -48,7 +49,9 @@ def run_arm(data: str, epochs: int, sets: list[str], seed: int, nproc: int, comm
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            log.write_text(f"{' '.join(cmd)}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+            raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}; whole log in {log}):\n"
+                             f"{proc.stderr[-3000:]}")
         with open(Path(out) / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
     return {"seconds": [float(r["epoch_seconds"]) for r in rows], "tokens": [int(r["tokens"]) for r in rows],
@@ -78,13 +81,15 @@ def main() -> None:
     if done.exists():  # continue an interrupted study: runs already recorded are kept
         saved = json.loads(done.read_text())
         results.update({n: {int(k): v for k, v in saved["runs"].get(n, {}).items()} for n in names})
+        started = datetime.fromisoformat(saved["started"])
     for i, seed in enumerate(seeds):
         order = names[i % len(names):] + names[: i % len(names)]
         for name in order:
             if seed in results[name]:
                 continue
             epochs, sets = arms[name]
-            results[name][seed] = run_arm(args.data, epochs, sets, seed, args.nproc_per_node, args.set)
+            results[name][seed] = run_arm(args.data, epochs, sets, seed, args.nproc_per_node, args.set,
+                                         out / f"failed-{name}-seed{seed}.log")
             r = results[name][seed]
             print(f"seed {seed} {name:<14} test acc {r['test_acc'][-1]:.4f} in {sum(r['seconds']):.1f} s of training "
                   f"({sum(r['tokens']) / 1e6:.1f} M tokens)", flush=True)
@@ -98,8 +103,9 @@ def write_table(out: Path, arms, results, seeds, started) -> None:
     ref = next(iter(arms))
     lines = [f"Measured {started:%Y-%m-%d %H:%M} UTC, seeds {seeds}; mean and 95% t-interval over seeds; "
              f"differences paired by seed against `{ref}`.", "",
-             "| arm | epochs | L0 test accuracy | training s | x time | M tokens | x tokens | accuracy - ref (pts) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arm | epochs | L0 test accuracy | training s | x time | M tokens | x tokens | accuracy - ref (pts) "
+             "| accuracy - ref at equal time (pts) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     ref_time = np.mean([sum(results[ref][s]["seconds"]) for s in seeds])
     ref_tokens = np.mean([sum(results[ref][s]["tokens"]) for s in seeds])
     for name, (epochs, _) in arms.items():
@@ -108,11 +114,21 @@ def write_table(out: Path, arms, results, seeds, started) -> None:
         toks = [sum(results[name][s]["tokens"]) / 1e6 for s in seeds]
         diff = [100 * (results[name][s]["test_acc"][-1] - results[ref][s]["test_acc"][-1]) for s in seeds]
         (a, da), (t, dt), (k, _) = interval(acc), interval(secs), interval(toks)
-        dm, dd = interval(diff)
+        same_time = [100 * (results[name][s]["test_acc"][-1] - accuracy_at(results[ref][s], sum(results[name][s]["seconds"])))
+                     for s in seeds]
+        (dm, dd), (em, ed) = interval(diff), interval(same_time)
         lines.append(f"| {name} | {epochs} | {a:.4f} ± {da:.4f} | {t:.0f} ± {dt:.0f} | {t / ref_time:.2f} | {k:.1f} | "
-                     f"{k * 1e6 / ref_tokens:.2f} | {'' if name == ref else f'{dm:+.2f} ± {dd:.2f}'} |")
+                     f"{k * 1e6 / ref_tokens:.2f} | {'' if name == ref else f'{dm:+.2f} ± {dd:.2f}'} | "
+                     f"{'' if name == ref else f'{em:+.2f} ± {ed:.2f}'} |")
+    lines += ["", "Equal time: the reference run's accuracy at the arm's training seconds, linear between its epoch ends "
+              "(within its own schedule, whose learning rate has not decayed there yet; capped at its last epoch)."]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def accuracy_at(run: dict, seconds: float) -> float:
+    """A run's level-0 test accuracy after ``seconds`` of training (linear between epoch ends)."""
+    return float(np.interp(seconds, np.cumsum(run["seconds"]), run["test_acc"]))
 
 
 def plot(out: Path, names, results) -> None:

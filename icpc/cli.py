@@ -184,7 +184,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: its error reaches torchrun's failure summary
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        train = record(train)
+        record(train)(cfg, detect_world())
+        # Everything is written (checkpoint writer joined, logs closed, lock released, group left).
+        # Skip interpreter finalisation: C++ static destructors of gloo's and torch's threads can
+        # abort a rank that has finished (SIGABRT at exit, seen here after a complete 8-epoch run),
+        # which torchrun would report as a failed job. Loader workers watch their parent and exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     train(cfg, detect_world())
     return 0
 

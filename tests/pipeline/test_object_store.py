@@ -145,3 +145,43 @@ def test_compress_to_a_bucket_then_train_and_evaluate_from_it(s3_server, image_f
     m2 = check_dataset(client, "data")
     assert m2["version"] != m["version"] and m2["config"]["shard_samples"] == 50
     assert not [k for k in objects(client, "data") if k.startswith(m["version"])]
+
+
+@pytest.mark.integration
+def test_a_training_output_in_a_bucket_checkpoints_resumes_and_evaluates(s3_server, compressed, tmp_path):
+    """``--output s3://...``: checkpoints and metrics are objects (read back with boto3 and torch), a live
+    holder's lease object refuses a second run and is removed when its run ends, ``--resume`` continues
+    from the bucket's checkpoint, and ``icpc evaluate`` takes the checkpoint's URL."""
+    import io
+
+    import torch
+
+    client, run = s3_server, f"s3://{BUCKET}/runs/icpc"
+    args = ["train", "--nproc-per-node", "2", "--data", str(compressed), "--output", run,
+            "--set", "max_steps_per_epoch=4", *TRAIN_ARGS]
+    run_cli(*args, "--epochs", "1")
+    listed = objects(client, "runs/icpc")
+    assert {"last.pt", "metrics.csv", "config.json", "ranks/rank-0.jsonl", "ranks/rank-1.jsonl"} <= set(listed)
+    assert [k for k in listed if k.startswith("checkpoints/step-")] and ".lock" not in listed, sorted(listed)
+    saved = torch.load(io.BytesIO(get(client, "runs/icpc/last.pt")), weights_only=True)
+    assert (saved["epoch"], saved["step"], saved["loader"]["batches"]) == (1, 4, 0)
+    assert len(get(client, "runs/icpc/metrics.csv").decode().splitlines()) == 2   # header + epoch 1
+
+    holder = {"host": "node-7", "pid": 4242, "started": "2026-12-02T05:00:00Z", "command": "icpc train ...",
+              "renewed": time.time()}
+    client.put_object(Bucket=BUCKET, Key="runs/icpc/.lock", Body=json.dumps(holder).encode())
+    refused = subprocess.run([sys.executable, "-m", "icpc.cli", *args, "--epochs", "2", "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "in use by a live training run (host node-7, pid 4242" in (
+        refused.stdout + refused.stderr), refused.stdout + refused.stderr
+    client.delete_object(Bucket=BUCKET, Key="runs/icpc/.lock")
+
+    resumed = run_cli(*args, "--epochs", "2", "--resume")
+    assert f"resumed from {run}/last.pt" in resumed.stdout, resumed.stdout
+    saved = torch.load(io.BytesIO(get(client, "runs/icpc/last.pt")), weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (2, 8)
+    assert len(get(client, "runs/icpc/metrics.csv").decode().splitlines()) == 3
+
+    run_cli("evaluate", "--checkpoint", f"{run}/last.pt", "--output", str(tmp_path / "eval"),
+            "--set", "thresholds=[0.0,1.0]")
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["samples"] > 0
