@@ -10,7 +10,9 @@ load falls on all of them), each a 2-rank ``icpc train`` with ``test_each_epoch`
 metrics.csv gives per epoch the training seconds, tokens processed and level-0 test accuracy.
 Writes ``results.json``, ``table.md`` (mean and 95% t-interval over seeds of the final accuracy,
 training seconds and tokens; the paired difference to the reference per seed, at the end and at
-the arm's training time on the reference's curve) and
+the arm's training time on the reference's curve, and to the baseline arm nearest in training time: put
+a shorter baseline arm in the study to compare ICPC with a baseline given the same time and its own
+whole schedule) and
 ``curves.png`` (accuracy against cumulative training time and tokens, mean over seeds).
 """
 
@@ -104,8 +106,8 @@ def write_table(out: Path, arms, results, seeds, started) -> None:
     lines = [f"Measured {started:%Y-%m-%d %H:%M} UTC, seeds {seeds}; mean and 95% t-interval over seeds; "
              f"differences paired by seed against `{ref}`.", "",
              "| arm | epochs | L0 test accuracy | training s | x time | M tokens | x tokens | accuracy - ref (pts) "
-             "| accuracy - ref at equal time (pts) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| accuracy - ref at equal time (pts) | accuracy - nearest-time baseline arm (pts) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     ref_time = np.mean([sum(results[ref][s]["seconds"]) for s in seeds])
     ref_tokens = np.mean([sum(results[ref][s]["tokens"]) for s in seeds])
     for name, (epochs, _) in arms.items():
@@ -119,11 +121,25 @@ def write_table(out: Path, arms, results, seeds, started) -> None:
         (dm, dd), (em, ed) = interval(diff), interval(same_time)
         lines.append(f"| {name} | {epochs} | {a:.4f} ± {da:.4f} | {t:.0f} ± {dt:.0f} | {t / ref_time:.2f} | {k:.1f} | "
                      f"{k * 1e6 / ref_tokens:.2f} | {'' if name == ref else f'{dm:+.2f} ± {dd:.2f}'} | "
-                     f"{'' if name == ref else f'{em:+.2f} ± {ed:.2f}'} |")
+                     f"{'' if name == ref else f'{em:+.2f} ± {ed:.2f}'} | {versus_nearest_baseline(name, arms, results, seeds)} |")
     lines += ["", "Equal time: the reference run's accuracy at the arm's training seconds, linear between its epoch ends "
-              "(within its own schedule, whose learning rate has not decayed there yet; capped at its last epoch)."]
+              "(within its own schedule, whose learning rate has not decayed there yet; capped at its last epoch).",
+              "Nearest-time baseline arm: the paired difference to the baseline arm (`baseline=true`) whose mean "
+              "training time is closest to this arm's, a baseline trained with its own whole schedule in about the "
+              "same time (the fair equal-time comparison when such an arm is in the study)."]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def versus_nearest_baseline(name: str, arms, results, seeds) -> str:
+    """``other: mean ± half-width`` (pts, paired by seed) against the baseline arm nearest in mean training time."""
+    mean_time = {n: np.mean([sum(results[n][s]["seconds"]) for s in seeds]) for n in arms}
+    baselines = [n for n, (_, sets) in arms.items() if "baseline=true" in sets and n != name]
+    if "baseline=true" in arms[name][1] or not baselines:
+        return ""
+    other = min(baselines, key=lambda n: abs(mean_time[n] - mean_time[name]))
+    m, d = interval([100 * (results[name][s]["test_acc"][-1] - results[other][s]["test_acc"][-1]) for s in seeds])
+    return f"{other} ({mean_time[other] / mean_time[name]:.2f}x this arm's time): {m:+.2f} ± {d:.2f}"
 
 
 def accuracy_at(run: dict, seconds: float) -> float:

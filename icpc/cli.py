@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="one modality end to end: build data, compress, train ICPC + baseline, evaluate")
     p.add_argument("--modality", default="image", choices=sorted(DEMOS), help="which modality's demo")
     p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--train", type=int, default=0, help="training samples (default: the modality's, e.g. 20000 images)")
+    p.add_argument("--train", type=int, default=0, help="training samples (default: the modality's, e.g. 4000 images)")
     p.add_argument("--test", type=int, default=0, help="test samples (default: the modality's)")
     p.add_argument("--epochs", type=int, default=0, help="epochs for each of ICPC and the baseline (default 8)")
     p.add_argument("--nproc-per-node", type=int, default=2, help="DDP processes (gloo on CPU)")
