@@ -27,6 +27,7 @@ import time
 from icpc import storage
 
 LOCK_FILE = ".lock"
+DYING_HOLDER_WAIT_S = 15.0       # s to wait for the lock of a holder whose process is already gone (still exiting)
 STOPPED_FILE = "stopped.json"   # written by rank 0 when a stop request ended the run after a checkpoint
 LEASE_RENEW_S = 20.0
 LEASE_STALE_S = 90.0
@@ -59,6 +60,37 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return bool(self.signal)
+
+
+# Local lock descriptors this process holds. A forked child (a DataLoader worker) would share the
+# flock and keep it after its rank is killed, until the orphan notices and exits; the child closes
+# its copies right after the fork, so the lock lives exactly as long as the rank that took it.
+_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _holder_gone(held: str) -> bool:
+    """The lock's writer ran on this host and its pid no longer exists: the lock is being released."""
+    try:
+        info = json.loads(held)
+        if info["host"] != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError, OSError):
+        return False
+    return False
 
 
 def holder_info() -> dict:
@@ -96,16 +128,24 @@ class OutputLock:
         import fcntl
 
         fd = os.open(storage.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held = os.pread(fd, 4096, 0).decode(errors="replace")
-            os.close(fd)
-            raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
-                                  f"wait for it to finish, or train into another --output") from None
+        dying_deadline = time.monotonic() + DYING_HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                held = os.pread(fd, 4096, 0).decode(errors="replace")
+                # a SIGKILLed holder's pid vanishes before the kernel has closed its files
+                if _holder_gone(held) and time.monotonic() < dying_deadline:
+                    time.sleep(0.2)
+                    continue
+                os.close(fd)
+                raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
+                                      f"wait for it to finish, or train into another --output") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd
+        _LOCK_FDS.add(fd)
 
     def _acquire_lease(self) -> None:
         if storage.exists(self.path):
@@ -131,6 +171,7 @@ class OutputLock:
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+            _LOCK_FDS.discard(self._fd)
             self._fd = None
         if self._thread is not None:
             self._stop.set()

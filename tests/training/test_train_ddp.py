@@ -3,6 +3,7 @@ elastic resume, SIGTERM, supervision of the ranks, the output lock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -254,6 +255,37 @@ def test_killing_the_launchers_process_group_stops_every_rank(compressed, tmp_pa
     proc.wait(10)
     assert not wait_gone(out, 40), "ranks kept training after their launcher was killed"
     assert not (out / "metrics.csv").exists() or len(metrics(out)) < 3  # they did not train to the end
+
+
+def test_a_forked_child_of_the_holder_does_not_keep_the_lock_after_the_holder_is_killed(tmp_path):
+    # a rank's DataLoader workers are forked after rank 0 took the lock: they must not hold it on
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, time; from icpc.training.supervision import OutputLock; "
+        f"OutputLock({str(out)!r}).acquire(); child = os.fork()\n"
+        "if child == 0:\n    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        os.kill(child, 0)  # the forked child lives on
+        from icpc.training.supervision import OutputLock
+        OutputLock(str(out)).acquire().release()  # FileExistsError if the child still held the flock
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_lock_whose_writer_is_gone_counts_as_being_released(tmp_path):
+    from icpc.training.supervision import _holder_gone, holder_info
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _holder_gone(json.dumps({**holder_info(), "pid": dead.pid}))
+    assert not _holder_gone(json.dumps(holder_info()))  # this process: alive
+    assert not _holder_gone(json.dumps({**holder_info(), "pid": dead.pid, "host": "another-host"}))
+    assert not _holder_gone("not json")
 
 
 def test_a_second_run_into_a_held_output_is_refused_naming_the_holder(compressed, tmp_path):
