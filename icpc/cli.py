@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--train", type=int, default=0, help="training samples (default: the modality's, e.g. 4000 images)")
     p.add_argument("--test", type=int, default=0, help="test samples (default: the modality's)")
-    p.add_argument("--epochs", type=int, default=0, help="epochs for each of ICPC and the baseline (default 8)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs for each of ICPC and the baseline (default: the modality's, e.g. 30 for image)")
     p.add_argument("--nproc-per-node", type=int, default=2, help="DDP processes (gloo on CPU)")
     return parser
 
