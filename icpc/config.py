@@ -23,6 +23,7 @@ class ModelConfig:
     mlp_ratio: float = 2.0            # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0              # compression levels already regularise (ICPC's point)
     kind: str = "transformer"         # transformer: this encoder from scratch; minilm: fine-tune all-MiniLM-L6-v2 (text)
+    freeze_word_embeddings: bool = False  # minilm: keep the pretrained 30522 x 384 word table fixed (half the weights)
 
     def validate(self) -> list[str]:
         errors = []
@@ -34,6 +35,9 @@ class ModelConfig:
             errors.append(f"model.dim={self.dim} is not divisible by model.heads={self.heads}")
         if not 0 <= self.dropout < 1:
             errors.append(f"model.dropout={self.dropout}: must be in [0, 1)")
+        if self.freeze_word_embeddings and self.kind != "minilm":
+            errors.append("model.freeze_word_embeddings=true needs model.kind=minilm (a model trained from scratch "
+                          "must learn its token table)")
         return errors
 
 

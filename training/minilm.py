@@ -55,6 +55,8 @@ class MiniLMClassifier(nn.Module):
         self.spec, self.strategy = spec, strategy
         # no pooler: it would be an unused parameter under DDP
         self.bert = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+        # frozen: no gradient, no all-reduce and no AdamW state for 11.7 M of the 22.7 M weights
+        self.bert.embeddings.word_embeddings.weight.requires_grad_(not cfg.freeze_word_embeddings)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(HIDDEN, num_classes)
 

@@ -99,6 +99,10 @@ def holder_info() -> dict:
             "command": " ".join(sys.argv)[:500]}
 
 
+class _HolderExiting(FileExistsError):
+    """The lock is held but its writer's process is gone on this host: it is being released."""
+
+
 class OutputLock:
     """Exclusive ownership of an output folder by one live run; ``FileExistsError`` names the holder."""
 
@@ -109,9 +113,14 @@ class OutputLock:
         self._thread: threading.Thread | None = None
 
     def acquire(self, wait_s: float = 0.0) -> "OutputLock":
-        """Take the lock, retrying for up to ``wait_s`` seconds while a live holder has it."""
+        """Take the lock, retrying for up to ``wait_s`` seconds while a live holder has it.
+
+        A holder whose process is already gone is waited for up to ``DYING_HOLDER_WAIT_S`` whatever
+        ``wait_s`` is: a SIGKILLed process's pid vanishes before the kernel has closed its files.
+        """
         storage.makedirs(self.out)
         deadline = time.monotonic() + wait_s
+        exiting_until: float | None = None
         while True:
             try:
                 if storage.is_local(self.path):
@@ -119,6 +128,12 @@ class OutputLock:
                 else:
                     self._acquire_lease()
                 return self
+            except _HolderExiting:
+                if exiting_until is None:
+                    exiting_until = time.monotonic() + DYING_HOLDER_WAIT_S
+                if time.monotonic() >= max(deadline, exiting_until):
+                    raise
+                time.sleep(0.2)
             except FileExistsError:
                 if time.monotonic() >= deadline:
                     raise
@@ -128,20 +143,17 @@ class OutputLock:
         import fcntl
 
         fd = os.open(storage.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        dying_deadline = time.monotonic() + DYING_HOLDER_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                held = os.pread(fd, 4096, 0).decode(errors="replace")
-                # a SIGKILLed holder's pid vanishes before the kernel has closed its files
-                if _holder_gone(held) and time.monotonic() < dying_deadline:
-                    time.sleep(0.2)
-                    continue
-                os.close(fd)
-                raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
-                                      f"wait for it to finish, or train into another --output") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            if _holder_gone(held):
+                raise _HolderExiting(f"{self.out} is still locked by a run whose process is gone "
+                                     f"({_describe(held)}): a process it left behind (a DataLoader worker?) may "
+                                     f"hold {LOCK_FILE}; find it with `fuser {storage.local_path(self.path)}` and stop it") from None
+            raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
+                                  f"wait for it to finish, or train into another --output") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd

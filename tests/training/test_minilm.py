@@ -84,3 +84,28 @@ def test_refuses_data_without_the_minilm_vocabulary():
     corpus = build_spec(TextConfig(), ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + list("abc"), {}, 0)
     with pytest.raises(ValueError, match="text.vocab=minilm"):
         MiniLMClassifier(corpus, ModelConfig(kind="minilm"), 3)
+
+
+def test_a_frozen_word_table_stays_as_loaded_while_the_encoder_trains(spec):
+    torch.manual_seed(0)
+    model = MiniLMClassifier(spec, ModelConfig(kind="minilm", freeze_word_embeddings=True), 2).train()
+    table = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    layer = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    tokens, positions = (torch.from_numpy(a)[None].long() for a in
+                         MODALITY.compress_bytes(b"a domestic cat with soft fur", spec).levels[0])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(tokens, positions), torch.tensor([1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.bert.embeddings.word_embeddings.weight.grad is None
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, table)
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in model.parameters()) - table.numel()
+
+
+def test_freezing_the_word_table_needs_the_pretrained_model():
+    assert any("needs model.kind=minilm" in e for e in ModelConfig(freeze_word_embeddings=True).validate())
+    assert not ModelConfig(kind="minilm", freeze_word_embeddings=True).validate()

@@ -288,6 +288,36 @@ def test_a_lock_whose_writer_is_gone_counts_as_being_released(tmp_path):
     assert not _holder_gone("not json")
 
 
+def test_a_killed_holders_lock_is_waited_for_while_a_process_it_left_still_holds_it(tmp_path, monkeypatch):
+    # the holder is SIGKILLed but a process it started keeps the flock for a while: acquire() waits for
+    # it to go even with wait_s=0, and names the situation once DYING_HOLDER_WAIT_S is spent
+    from icpc.training import supervision
+
+    def kill_holder_leaving(seconds: float, out):
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, time; from icpc.training.supervision import OutputLock; "
+            f"lock = OutputLock({str(out)!r}).acquire(); "
+            f"left = subprocess.Popen(['sleep', '{seconds}'], pass_fds=(lock._fd,)); "
+            "print(left.pid, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        left = int(holder.stdout.readline())
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        return left
+
+    left = kill_holder_leaving(2, tmp_path / "a")
+    started = time.monotonic()
+    supervision.OutputLock(str(tmp_path / "a")).acquire().release()
+    assert time.monotonic() - started > 0.5  # it waited for the process left behind
+
+    monkeypatch.setattr(supervision, "DYING_HOLDER_WAIT_S", 1.0)
+    left = kill_holder_leaving(60, tmp_path / "b")
+    try:
+        with pytest.raises(FileExistsError, match="whose process is gone"):
+            supervision.OutputLock(str(tmp_path / "b")).acquire()
+    finally:
+        os.kill(left, signal.SIGKILL)
+
+
 def test_a_second_run_into_a_held_output_is_refused_naming_the_holder(compressed, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
