@@ -151,7 +151,8 @@ class OutputLock:
             if _holder_gone(held):
                 raise _HolderExiting(f"{self.out} is still locked by a run whose process is gone "
                                      f"({_describe(held)}): a process it left behind (a DataLoader worker?) may "
-                                     f"hold {LOCK_FILE}; find it with `fuser {storage.local_path(self.path)}` and stop it") from None
+                                     f"hold {LOCK_FILE}; find it with `fuser {storage.local_path(self.path)}` "
+                                     f"and stop it") from None
             raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
                                   f"wait for it to finish, or train into another --output") from None
         os.ftruncate(fd, 0)
