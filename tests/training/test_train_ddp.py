@@ -216,6 +216,27 @@ def test_resume_after_sigterm_continues_exactly(terminated, straight_run, compre
     same_weights(out / "last.pt", straight_run / "last.pt")
 
 
+def test_a_checkpoint_of_the_per_tensor_adamw_resumes_on_the_fused_one_exactly(terminated, straight_run, compressed,
+                                                                              tmp_path):
+    """Checkpoints written before 2026-12-03 (CPU runs used torch's per-tensor AdamW) carry that choice in
+    their optimizer groups; a resume must not fall back to it."""
+    src, *_ = terminated
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    state = torch.load(out / "last.pt", weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        assert group["fused"] is True  # what a new run saves
+        group.update(fused=None, foreach=False)  # what the older trainer saved
+    torch.save(state, out / "last.pt")
+    resumed = subprocess.run(train_command(compressed, out, 3, "--resume"), cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert {g["fused"] for g in saved["optimizer"]["param_groups"]} == {True}
+    assert traces(out) == traces(straight_run)
+    same_weights(out / "last.pt", straight_run / "last.pt")
+
+
 def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(terminated, compressed, tmp_path):
     from icpc.contract import draw_levels
 
