@@ -273,9 +273,10 @@ def resume(cfg: TrainConfig, world: World, spec: Spec, identity: dict[str, Any],
     check_spec(Spec.from_json(state["spec"]), spec, f"--resume from {where}")
     checkpoint.check_resume(state, {"config": to_dict(cfg), "dataset": identity}, where)
     model.load_state_dict(state["model"])
+    implementation = {k: optimizer.param_groups[0][k] for k in ("fused", "foreach")}  # as _train built it
     optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:  # the saved groups carry their implementation: keep the fused one
-        group.update(fused=True, foreach=None)
+    for group in optimizer.param_groups:  # the saved groups carry the saving run's choice: keep this run's
+        group.update(implementation)
     scheduler.load_state_dict(state["scheduler"])
     loader = LoaderState.from_json(state.get("loader") or {"epoch": state["epoch"], "batches": 0})
     saved_world = len(state["rng"])
