@@ -39,11 +39,19 @@ def _wordnet_glosses(output: str, train: int, test: int, seed: int) -> dict[str,
     return build_wordnet_glosses(output, train, test, seed)
 
 
+def _wallpapers(output: str, train: int, test: int, seed: int) -> dict[str, int]:
+    from icpc.demo.wallpapers import build_wallpapers
+
+    return build_wallpapers(output, train, test, seed)
+
+
 DATASETS: dict[str, DatasetBuilder] = {
     "fashion-mnist": _fashion_mnist,
     "wordnet-glosses": _wordnet_glosses,
     "spoken-digits": _spoken_digits,
     "moving-fashion-mnist": _moving_fashion_mnist,
+    # 224 px JPEG crops of Debian's desktop wallpapers, one class per wallpaper (the real-resolution set)
+    "wallpapers": _wallpapers,
 }
 
 
