@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     p.add_argument("--baseline", action="store_true", help="always use level 0 (the A/B reference)")
+    p.add_argument("--model", metavar="REF", help="model plugin (sets model.name): transformer (default), "
+                   "timm:NAME (e.g. timm:vit_tiny_patch16_224), hf:PATH_OR_NAME, PKG.MODULE:FACTORY or an "
+                   "'icpc.models' entry point; arguments with --set model.args.KEY=JSON, pretrained weights with "
+                   "--set model.weights=PATH_OR_URL")
     p.add_argument("--strategy", choices=STRATEGIES,
                    help="position strategy (default consistent)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt, mid-epoch included "
@@ -159,6 +163,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.model:  # before --set, so an explicit --set model.name wins
+        args.set = [f"model.name={args.model}", *args.set]
     cfg = _config(TrainConfig, args, {"data": "data", "output": "output", "epochs": "epochs",
                                       "batch_size": "batch_size", "lr": "lr", "baseline": "baseline",
                                       "strategy": "strategy", "resume": "resume",

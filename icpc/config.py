@@ -15,27 +15,39 @@ from icpc.contract import STRATEGIES
 
 @dataclass
 class ModelConfig:
-    """A pre-norm transformer encoder over tokens, mean-pooled, with a learned position table."""
+    """The model: a plugin reference (icpc.models) and, for the built-in transformer, its size.
 
-    dim: int = 96                     # token width D
-    depth: int = 4                    # encoder blocks
-    heads: int = 4                    # attention heads (dim % heads == 0)
-    mlp_ratio: float = 2.0            # MLP hidden width = mlp_ratio * dim
-    dropout: float = 0.0              # compression levels already regularise (ICPC's point)
-    kind: str = "transformer"         # transformer: this encoder from scratch; minilm: fine-tune all-MiniLM-L6-v2 (text)
+    The default is this project's pre-norm encoder, mean-pooled, with a learned position table.
+    """
+
+    name: str = "transformer"         # plugin: transformer, timm:NAME, hf:PATH_OR_NAME, PKG.MODULE:FACTORY or an icpc.models entry point
+    weights: str = ""                 # pretrained weights to start from: a .safetensors/.pth/.bin path or URL ("" = none)
+    args: dict[str, Any] = field(default_factory=dict)  # plugin keyword arguments: --set model.args.KEY=JSON (e.g. depth=2)
+    dim: int = 96                     # transformer: token width D
+    depth: int = 4                    # transformer: encoder blocks
+    heads: int = 4                    # transformer: attention heads (dim % heads == 0)
+    mlp_ratio: float = 2.0            # transformer: MLP hidden width = mlp_ratio * dim
+    dropout: float = 0.0              # transformer, minilm: compression levels already regularise (ICPC's point)
+    kind: str = "transformer"         # deprecated (use name): transformer, or minilm = name minilm (fine-tune all-MiniLM-L6-v2)
     freeze_word_embeddings: bool = False  # minilm: keep the pretrained 30522 x 384 word table fixed (half the weights)
 
     def validate(self) -> list[str]:
         errors = []
         if self.kind not in ("transformer", "minilm"):
-            errors.append(f"model.kind={self.kind!r}: choose transformer or minilm")
+            errors.append(f"model.kind={self.kind!r} is replaced by model.name: use --model {self.kind} or "
+                          f"--set model.name={self.kind} (e.g. timm:vit_tiny_patch16_224, mylab.models:build)")
+        ref = self.name.strip()
+        prefix, sep, rest = ref.partition(":")
+        if not ref or (sep and (not prefix or not rest)):
+            errors.append(f"model.name={self.name!r}: expected transformer, timm:NAME, hf:PATH_OR_NAME, "
+                          f"PKG.MODULE:FACTORY or an icpc.models entry-point name")
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
             errors.append(f"model dim/depth/heads ({self.dim}/{self.depth}/{self.heads}): must be positive")
         elif self.dim % self.heads:
             errors.append(f"model.dim={self.dim} is not divisible by model.heads={self.heads}")
         if not 0 <= self.dropout < 1:
             errors.append(f"model.dropout={self.dropout}: must be in [0, 1)")
-        if self.freeze_word_embeddings and self.kind != "minilm":
+        if self.freeze_word_embeddings and self.kind != "minilm" and not ref.startswith(("minilm", "hf:")):
             errors.append("model.freeze_word_embeddings=true needs model.kind=minilm (a model trained from scratch "
                           "must learn its token table)")
         return errors
@@ -161,6 +173,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> list[str]:
         target = cfg
         names = path.strip().split(".")
         try:
+            if _set_dict_item(cfg, names, text, path):
+                continue
             for name in names[:-1]:
                 target = _child(target, name, path)
             hints = typing.get_type_hints(type(target))
@@ -183,6 +197,31 @@ def finalize(cfg: Any, overrides: list[str] = ()) -> Any:
     return cfg
 
 
+def _set_dict_item(cfg: Any, names: list[str], text: str, path: str) -> bool:
+    """``a.args.KEY=JSON`` into a dict field (``--set model.args.depth=2``); False when no dict field is on the path.
+
+    The value is parsed as JSON (2, 0.1, true, [1, 2], {"a": 1}); text that is not JSON stays a string.
+    """
+    target = cfg
+    for i, name in enumerate(names[:-1]):
+        target = _child(target, name, path)
+        hint = typing.get_type_hints(type(target)).get(names[i + 1]) if dataclasses.is_dataclass(target) else None
+        if typing.get_origin(hint) is dict and i + 2 < len(names):
+            if i + 3 != len(names):
+                raise ValueError(f"--set {path}: one key below {'.'.join(names[: i + 2])}; give nested values as "
+                                 f"JSON, e.g. --set {'.'.join(names[: i + 3])}='{{\"a\": 1}}'")
+            getattr(target, names[i + 1])[names[-1]] = _json_or_text(text)
+            return True
+    return False
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _child(obj: Any, name: str, path: str) -> Any:
     if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
         raise KeyError(f"--set {path}: unknown section {name!r}")
@@ -193,6 +232,11 @@ def _coerce(text: str, hint: Any, path: str) -> Any:
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     try:
+        if origin is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError(text)
+            return value
         if origin is list:
             value = json.loads(text) if text.strip().startswith("[") else [x for x in text.split(",") if x]
             return [args[0](v) for v in value]

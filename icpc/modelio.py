@@ -1,4 +1,4 @@
-"""Model building and checkpoint I/O, shared by training, evaluation, calibration and serving.
+"""Checkpoint I/O and rebuilding a trained model from one, shared by training, evaluation, calibration and serving.
 
 Checkpoints are read and written through the storage layer (a path or an object-store URL);
 they load with ``torch.load(..., weights_only=True)``: tensors and plain containers only.
@@ -11,24 +11,11 @@ from dataclasses import replace
 from typing import Any
 
 from icpc import storage
-from icpc.config import ModelConfig, TrainConfig, from_dict
+from icpc.config import TrainConfig, from_dict
 from icpc.contract import Spec
+from icpc.models import ModelPluginError, build_model
 
-
-def build_model(spec: Spec, model: ModelConfig, num_classes: int, strategy: str = "consistent"):
-    """The classifier for ``spec``: this project's transformer, or fine-tuned MiniLM (text, extra ``minilm``).
-
-    The modality plugin says how a token is embedded (a vector of ``token_dim`` values, or an id).
-    """
-    from icpc.pipeline.modalities import get_modality
-
-    if model.kind == "minilm":  # pretrained text encoder (optional extra); same forward signature
-        from icpc.training.minilm import MiniLMClassifier
-
-        return MiniLMClassifier(spec, model, num_classes, strategy)
-    from icpc.training.model import TokenClassifier
-
-    return TokenClassifier(spec, model, num_classes, strategy, embedding=get_modality(spec.modality).embedding)
+__all__ = ["build_model", "load_checkpoint", "load_model", "save_checkpoint"]  # build_model: icpc.models's
 
 
 def load_checkpoint(location: str) -> dict[str, Any]:
@@ -55,12 +42,21 @@ def load_model(checkpoint: str, strategy: str = "", device: str = "cpu"):
     """Rebuild the trained model from a checkpoint; returns (model in eval mode, spec, state).
 
     ``strategy`` evaluates with another position strategy than the one trained with ("" = that one).
+    The model is rebuilt by the plugin the checkpoint names (``model_plugin``; older checkpoints: their
+    config's ``model.kind``), without reading its pretrained ``model.weights`` again.
     """
     state = load_checkpoint(checkpoint)
     train_cfg = from_dict(TrainConfig, state["config"])
     if strategy:
         train_cfg = replace(train_cfg, strategy=strategy)
     spec = Spec.from_json(state["spec"])
-    model = build_model(spec, train_cfg.model, len(state["classes"]), train_cfg.strategy)
+    try:
+        model = build_model(spec, train_cfg.model, len(state["classes"]), train_cfg.strategy, pretrained=False)
+    except ModelPluginError as exc:
+        record = state.get("model_plugin") or {"ref": train_cfg.model.name}
+        origin = f" from {record['distribution']}" if record.get("distribution") else ""
+        raise ModelPluginError(f"checkpoint {checkpoint} was trained with the model plugin {record['ref']!r}"
+                               f"{origin} (factory {record.get('factory', '?')}), which is not available here; "
+                               f"install it and retry. {exc}") from None
     model.load_state_dict(state["model"])
     return model.to(device).eval(), spec, state

@@ -67,3 +67,8 @@ class MiniLMClassifier(nn.Module):
         w = keep.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * w).sum(1) / w.sum(1).clamp_min(1)
         return self.head(self.dropout(pooled))
+
+
+def build(ctx) -> MiniLMClassifier:
+    """The ``minilm`` model plugin (what ``model.kind=minilm`` selects) until ``hf:`` models replace it."""
+    return MiniLMClassifier(ctx.spec, ctx.cfg, ctx.num_classes, ctx.strategy)

@@ -1,69 +1,15 @@
-"""A plain transformer classifier over compressed tokens: the only ICPC part is ``pos_table[positions]``."""
+"""Optimisation helpers every model plugin trains with: the LR schedule and AdamW's parameter groups.
+
+The built-in classifier moved to ``icpc.models.transformer`` (the ``transformer`` plugin).
+"""
 
 from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
-from icpc.config import ModelConfig
-from icpc.contract import Spec, interpolation_matrix
-
-
-class TokenClassifier(nn.Module):
-    """Embed tokens, add the learned position of each token, encode, mean-pool, classify.
-
-    Tokens are ``(B, N, token_dim)`` (uint8 pixels, float spectrogram values; ``embedding``
-    ``linear``) or ``(B, N)`` integer ids (text; ``embedding`` ``vocab``). ``positions`` are
-    ``(B, N)`` indices into the reference-grid table of
-    ``spec.reference_cells`` rows. With strategy ``interpolate`` the table is first resized to
-    the level's grid (FlexiViT) and ``positions`` index that resized table.
-    """
-
-    def __init__(self, spec: Spec, cfg: ModelConfig, num_classes: int, strategy: str = "consistent",
-                 embedding: str = "linear"):
-        super().__init__()
-        self.spec, self.strategy = spec, strategy
-        tok = spec.tokenization
-        if embedding == "vocab":  # token ids (text)
-            self.embed: nn.Module = nn.Embedding(int(tok["vocab_size"]), cfg.dim)
-        else:
-            self.embed = nn.Linear(int(tok["token_dim"]), cfg.dim)
-        self.pos_table = nn.Parameter(torch.zeros(spec.reference_cells, cfg.dim))
-        nn.init.trunc_normal_(self.pos_table, std=0.02)
-        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, int(cfg.dim * cfg.mlp_ratio), cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, num_classes)
-        if strategy == "interpolate":
-            for i, level in enumerate(spec.ladder):
-                if level.grid:
-                    self.register_buffer(f"interp_{i}", torch.from_numpy(
-                        interpolation_matrix(spec.reference_grid, level.grid)), persistent=False)
-
-    def position_table(self, level: int) -> torch.Tensor:
-        """(rows, D) table that ``positions`` index at this level."""
-        if self.strategy == "interpolate" and hasattr(self, f"interp_{level}"):
-            return getattr(self, f"interp_{level}") @ self.pos_table
-        return self.pos_table
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, level: int = 0,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, classes)``; ``padding_mask`` ``(B, N)`` is True where a token is padding."""
-        if tokens.dtype == torch.uint8:
-            tokens = tokens.float() / 127.5 - 1.0
-        elif tokens.is_floating_point():
-            tokens = tokens.float()
-        x = self.embed(tokens) + self.position_table(level)[positions]
-        x = self.encoder(x, src_key_padding_mask=padding_mask)
-        if padding_mask is None:
-            pooled = x.mean(1)
-        else:
-            keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
-            pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1)
-        return self.head(self.norm(pooled))
+from icpc.models.transformer import TokenClassifier  # noqa: F401  (its old home; kept for existing imports)
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -75,8 +21,13 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms and the position table."""
+    """AdamW groups: no weight decay on biases, norms and position tables.
+
+    Position tables are ``pos_table`` and whatever the module lists in ``no_weight_decay()`` (timm's
+    convention: ``pos_embed``, ``cls_token``, ...).
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name == "pos_table" else decay).append(p)
+        (no_decay if p.ndim < 2 or name == "pos_table" or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

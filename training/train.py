@@ -29,7 +29,7 @@ from icpc import storage
 from icpc.config import TrainConfig, to_dict
 from icpc.contract import Spec, check_spec, draw_levels
 from icpc.dataset import SampleTable, open_dataset
-from icpc.modelio import build_model
+from icpc.models import build_model, plugin_record
 from icpc.training import checkpoint
 from icpc.training.checkpoint import Checkpointer, LoaderState
 from icpc.training.data import BatchDataset, PlanSampler, default_workers, make_loader
@@ -142,6 +142,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
     total_updates = max(1, cfg.epochs * steps_estimate // cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, len(data.classes), cfg.strategy).to(device)
+    plugin = plugin_record(cfg.model)  # the checkpoint names its model, so evaluate/calibrate/serve rebuild it
     # fused on CPU too: one pass over all parameters (MiniLM: per-tensor took 3.1-7.6x as long, bench/minilm_step.py)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
     warmup = max(1, int(cfg.warmup_fraction * total_updates))
@@ -173,7 +174,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
         state = {"model": checkpoint.snapshot(model), "optimizer": checkpoint.snapshot(optimizer),
                  "scheduler": scheduler.state_dict(), "epoch": epoch_state.epoch, "step": step,
                  "loader": epoch_state.to_json(), "rng": rng, "config": to_dict(cfg), "spec": spec.to_json(),
-                 "classes": data.classes, "data": identity["location"], "dataset": identity,
+                 "classes": data.classes, "data": identity["location"], "dataset": identity, "model_plugin": plugin,
                  "world_size": world.size, "reason": reason}
         writer.save(state, step)
         if hooks.on_checkpoint:
