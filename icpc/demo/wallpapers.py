@@ -284,7 +284,7 @@ def cut_wallpaper(job: tuple[Wallpaper, str, int, int, int]) -> list[dict]:
         folder = Path(out) / "images" / split / wall.label
         folder.mkdir(parents=True, exist_ok=True)
         for i, (x, y, side) in enumerate(crop_boxes(cell, count, rng)):
-            name = f"{wall.label}_c{c}_{i:03d}.jpg"
+            name = f"c{c}_{i:03d}.jpg"   # the folder names the label: keys stay short (ustar: 100 B)
             crop = image.resize((CROP, CROP), Image.Resampling.LANCZOS, box=(x, y, x + side, y + side),
                                 reducing_gap=3.0)
             crop.save(folder / name, quality=JPEG_QUALITY, subsampling="4:2:0")

@@ -109,6 +109,8 @@ def test_build_writes_224_px_jpegs_with_no_pixel_in_two_splits(wallpaper_root, t
     rows = _crop_rows(out)
     assert counts == {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     assert counts["train"] >= 60 and counts["test"] >= 10 and counts["val"] == counts["test"]
+    # sample keys (split_label_file) fit a schema 3 member name: ustar's 100 bytes with ".l0.jpg"
+    assert max(len(r["file"]) for r in rows) < 60
     for r in rows[::7]:
         with Image.open(out / r["file"]) as im:
             assert (im.format, im.size, im.mode) == ("JPEG", (CROP, CROP), "RGB")
