@@ -40,7 +40,7 @@ def loader_rate(data, table, plan, workers: int) -> float:
     sampler = PlanSampler(rank=0)
     sampler.set_plan(plan)
     loader = make_loader(BatchDataset(table, data.spec, data.shared_positions, "consistent"), sampler, workers,
-                         prefetch=4, device=torch.device("cpu"))
+                         prefetch=4, pin_memory=False)
     t0, n = time.perf_counter(), 0
     for batch in loader:
         n += len(batch["labels"])

@@ -99,3 +99,20 @@ def straight_run(compressed, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("icpc")
     train_ddp(compressed, out, 3, "--checkpoint-every", "4")
     return out
+
+
+@pytest.fixture(scope="session")
+def text_compressed(ray_local, tmp_path_factory) -> Path:
+    """A small text dataset (WordNet glosses of 4 classes, 48 tokens at most) for the data API and examples."""
+    from icpc.config import finalize
+    from icpc.demo.wordnet import build_wordnet_glosses
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
+
+    root = tmp_path_factory.mktemp("glosses")
+    build_wordnet_glosses(root, 240, 80, seed=0, classes=4)
+    out = tmp_path_factory.mktemp("text_data")
+    run_compress(finalize(CompressConfig(modality="text", input=str(root / "glosses.jsonl"), output=str(out),
+                                         shard_samples=100), ["text.max_len=48", "text.vocab_size=3000"]),
+                 progress=False)
+    return out

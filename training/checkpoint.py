@@ -1,8 +1,8 @@
 """Training checkpoints: what a run saves and where, writing them off the training thread, and resuming.
 
 A checkpoint holds the model, optimizer and scheduler, the optimizer step, every rank's RNG
-state and the loader's position (``LoaderState``: epoch, batches done, earlier world sizes of
-the epoch; a few integers, never sample bytes), the resolved config, the data spec and the
+state and the loader's position (``icpc.ICPCLoader.state_dict()``: epoch, batches done, earlier world
+sizes of the epoch; a few integers, never sample bytes), the resolved config, the data spec and the
 dataset's identity. Rank 0 writes it in a background thread (the other ranks go on after the one
 collective that gathers the RNG states), atomically through the storage layer (temp + rename,
 or one upload: no hard links), as ``OUTPUT/last.pt`` and ``OUTPUT/checkpoints/step-NNNNNNNN.pt``
@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import random
 import threading
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -27,27 +26,6 @@ HISTORY = "checkpoints"
 # Config fields that shape the model or the data stream: a resumed run must keep them.
 RESUME_FIELDS = ("seed", "baseline", "level_weights", "level_weights_end", "anneal_start", "final_level0_epochs", "strategy", "batch_size", "batch_tokens", "grad_accum",
                  "shuffle_window", "length_bucket", "model")
-
-
-@dataclass
-class LoaderState:
-    """Where the loader is in the deterministic stream.
-
-    epoch: the epoch in progress; batches: batches this rank has run of the current plan segment;
-    segments: ``[world, batches]`` of earlier segments of this epoch that ran with another world
-    size (elastic resume: the current plan covers what they left).
-    """
-
-    epoch: int = 0
-    batches: int = 0
-    segments: list[list[int]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LoaderState":
-        return cls(int(d["epoch"]), int(d["batches"]), [list(map(int, s)) for s in d.get("segments", [])])
 
 
 def check_resume(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:

@@ -1,6 +1,7 @@
 """The training data plane: the epoch plan served to each rank by DataLoader worker processes.
 
     plan (training/plan.py)  ->  PlanSampler (this rank's batch requests, from the resume step)
+                                 (icpc.ICPCLoader, icpc/loader.py, drives both for users and icpc train)
                              ->  DataLoader workers: BatchDataset reads only each sample's drawn
                                  level (one range read per payload), checks it, decodes it,
                                  maps positions to the strategy, collates
@@ -27,6 +28,7 @@ from icpc import storage
 from icpc.batching import collate
 from icpc.contract import INDEX_MEMBER, Spec, decode_npy, decode_payload, positions_for, tokens_member
 from icpc.dataset import SampleReader, SampleTable
+from icpc.schema import add_aliases
 from icpc.training.plan import EpochPlan
 
 
@@ -45,16 +47,20 @@ class PlanSampler(torch.utils.data.Sampler):
     """This rank's batch requests of the current plan, from ``start`` (a resumed run's next step)."""
 
     def __init__(self, rank: int):
-        self.rank, self.plan, self.start = rank, None, 0
+        self.rank, self.plan, self.start, self.stop = rank, None, 0, 0
 
-    def set_plan(self, plan: EpochPlan, start: int = 0) -> None:
+    def set_plan(self, plan: EpochPlan, start: int = 0, stop: int | None = None) -> None:
+        """Serve steps ``start`` to ``stop`` (default: the plan's end) of ``plan``."""
         self.plan, self.start = plan, start
+        self.stop = plan.steps if stop is None else min(stop, plan.steps)
 
     def __len__(self) -> int:
-        return 0 if self.plan is None else max(0, self.plan.steps - self.start)
+        return 0 if self.plan is None else max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        for s in range(self.start, self.plan.steps):
+        if self.plan is None:
+            raise RuntimeError("PlanSampler has no plan: call set_plan(plan) first (icpc.ICPCLoader does)")
+        for s in range(self.start, self.stop):
             rows, weights = self.plan.rank_rows(s, self.rank)
             yield BatchRequest(s, int(self.plan.levels[s]), rows, weights, len(self.plan.rows[s]))
 
@@ -63,12 +69,15 @@ class BatchDataset(torch.utils.data.Dataset):
     """A BatchRequest -> a collated batch, in a DataLoader worker (map-style, one item = one batch).
 
     A skipped sample (truncated shard, corrupt payload) leaves the batch; a batch left empty
-    gets one zero sample of weight 0, so the rank still takes part in the step.
+    gets one zero sample of weight 0, so the rank still takes part in the step. The batch's fields
+    are those of ``icpc.schema``: ``aliases`` adds the hf / timm names, ``keys`` (the split's keys,
+    by row) adds ``keys``.
     """
 
     def __init__(self, table: SampleTable, spec: Spec, shared_positions: dict[int, np.ndarray], strategy: str,
-                 merge_gap: int = 0):
+                 merge_gap: int = 0, aliases: tuple[str, ...] = (), keys: Sequence[str] | None = None):
         self.table, self.spec, self.shared, self.strategy, self.merge_gap = table, spec, shared_positions, strategy, merge_gap
+        self.aliases, self.keys = aliases, keys
         self._reader: SampleReader | None = None
         self._pid = -1
 
@@ -92,11 +101,15 @@ class BatchDataset(torch.utils.data.Dataset):
                 continue
             tokens, positions = item
             samples.append({"tokens": tokens, "label": int(self.table.label[row]), "level": req.level,
-                            "row": int(row), "weight": float(weight),
+                            "row": int(row), "weight": float(weight), "key": self.keys[row] if self.keys is not None else "",
                             "positions": positions_for(self.strategy, self.spec.reference_grid, grid, positions)})
         if not samples:
             samples.append(self._empty(req.level))
         batch = collate(samples)
+        if self.keys is None:
+            del batch["keys"]
+        if self.aliases:
+            add_aliases(batch, self.spec, self.aliases)
         batch.update(step=req.step, global_samples=req.global_samples,
                      skipped=sum(reader.skipped.values()) - before_skipped,
                      bytes_read=reader.io.bytes_read - before_read, payload_bytes=reader.payload_bytes - before_payload)
@@ -135,12 +148,12 @@ def default_workers(local_world: int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) // max(1, local_world) - 1))
 
 
-def make_loader(dataset: BatchDataset, sampler: PlanSampler, workers: int, prefetch: int, device: torch.device):
-    """The DataLoader: ``workers`` persistent processes, ``prefetch`` batches each ahead, pinned memory on GPU."""
+def make_loader(dataset: BatchDataset, sampler: PlanSampler, workers: int, prefetch: int, pin_memory: bool):
+    """The DataLoader: ``workers`` persistent processes, ``prefetch`` batches each ahead, pinned memory (for a GPU)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, collate_fn=_identity,
         worker_init_fn=_worker_init,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=prefetch if workers > 0 else None)
 
 

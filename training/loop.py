@@ -1,8 +1,8 @@
 """The step loop of one epoch: next batch, forward, weighted loss, backward, optimizer step, per-step logging.
 
-The loss of a rank's batch is ``sum(weight * cross_entropy) * world / global_samples``: DDP
-averages gradients over ranks, so the gradient is the mean over the global batch's real
-samples, whatever its split over ranks (partial batches, weight-0 padding, skipped samples).
+The loss of a rank's batch is ``icpc.plan_loss``: ``sum(weight * cross_entropy) * world /
+global_samples``, so DDP's averaged gradient is the mean over the global batch's real samples,
+whatever its split over ranks (partial batches, weight-0 padding, skipped samples).
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from icpc.loss import plan_loss
 from icpc.progress import Progress
 
 
@@ -35,11 +36,11 @@ class EpochTotals:
     levels: list[int] = field(default_factory=list)   # real samples per level
 
 
-def train_steps(ddp, model, batches: Iterator[dict[str, Any]], steps: int, *, optimizer, scheduler,
+def train_steps(ddp, model, batches: Iterable[dict[str, Any]], steps: int, *, optimizer, scheduler,
                 grad_accum: int, world_size: int, device: torch.device, num_levels: int, log, step: int,
                 desc: str, progress: bool, after_step: Callable[[int, int, float], bool] | None = None
                 ) -> tuple[EpochTotals, int]:
-    """Run up to ``steps`` batches of ``batches``; returns (totals, optimizer step count).
+    """Run the ``steps`` batches of ``batches`` (an ``icpc.ICPCLoader`` pass); returns (totals, optimizer step count).
 
     ``after_step(batches done, optimizer steps, mean loss of the last batch)`` runs after every
     optimizer step; returning True
@@ -48,10 +49,8 @@ def train_steps(ddp, model, batches: Iterator[dict[str, Any]], steps: int, *, op
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     totals = EpochTotals(levels=[0] * num_levels)
     bar = Progress(steps, desc, unit="step", enabled=progress, leave=False)
-    t_prev = time.perf_counter()
-    for i in range(steps):
-        t0 = time.perf_counter()
-        batch = next(batches)
+    t_prev = t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
         totals.wait_s += time.perf_counter() - t0
         tokens, positions, labels, weights = (batch[k].to(device, non_blocking=True)
                                               for k in ("tokens", "positions", "labels", "weights"))
@@ -61,7 +60,7 @@ def train_steps(ddp, model, batches: Iterator[dict[str, Any]], steps: int, *, op
         with sync, autocast:
             logits = ddp(tokens, positions, batch["level"], mask)
             per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-            loss = (per_sample * weights).sum() * world_size / max(1, batch["global_samples"])
+            loss = plan_loss(per_sample, batch, world_size)
             (loss / grad_accum).backward()
         if last_micro:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -91,5 +90,6 @@ def train_steps(ddp, model, batches: Iterator[dict[str, Any]], steps: int, *, op
         bar.set_postfix(loss=f"{mean_loss:.3f}", level=batch["level"])
         if last_micro and after_step is not None and after_step(i + 1, step, mean_loss):
             break
+        t0 = time.perf_counter()
     bar.close()
     return totals, step

@@ -4,7 +4,8 @@
     icpc train --nproc-per-node 2 --data runs/data --output runs/base --baseline   # starts torchrun
     icpc train --nproc-per-node 2 --data runs/data --output runs/icpc --checkpoint-every 50 --resume
 
-Every epoch has a plan (``plan.py``): global batches of one level each, the same number of
+The data comes from ``icpc.ICPCLoader`` (icpc/loader.py), the public API users' own loops use:
+every epoch has a plan (``plan.py``): global batches of one level each, the same number of
 steps on every rank, every training sample once at its (seed, epoch, key) level. DataLoader
 workers read only the drawn level of each sample (``data.py``). A checkpoint (model, optimizer,
 scheduler, RNG states, the loader's position, config, spec, dataset identity) is written at every
@@ -22,23 +23,24 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from icpc import storage
 from icpc.config import TrainConfig, to_dict
-from icpc.contract import Spec, check_spec, draw_levels
+from icpc.contract import Spec, check_spec
 from icpc.dataset import SampleTable, open_dataset
+from icpc.loader import ICPCLoader, LoaderState
+from icpc.loader import epoch_plan as plan_of_epoch
 from icpc.models import build_model, plugin_record
+from icpc.schedule import LevelSchedule
 from icpc.training import checkpoint
-from icpc.training.checkpoint import Checkpointer, LoaderState
-from icpc.training.data import BatchDataset, PlanSampler, default_workers, make_loader
+from icpc.training.checkpoint import Checkpointer
 from icpc.training.distributed import World, all_reduce_max, all_reduce_sum, gather, setup, teardown
 from icpc.training.evaluation import evaluate_split
 from icpc.training.loop import train_steps
 from icpc.training.metrics import RunLog
 from icpc.training.model import param_groups, warmup_cosine
-from icpc.training.plan import EpochPlan, plan_epoch, remaining_rows
+from icpc.training.plan import EpochPlan
 from icpc.training.supervision import STOPPED_FILE, OutputLock, StopRequest, die_with_parent
 
 EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "data_wait")
@@ -58,47 +60,26 @@ class Hooks:
 
 
 def level_weights(cfg: TrainConfig, spec: Spec, epoch: int = 0) -> list[float]:
-    """Relative draw probability of each level in ``epoch``: the schedule (a pure function of the config).
-
-    ``level_weights`` (default uniform) until ``anneal_start`` of the epochs, then moving linearly
-    to ``level_weights_end`` (when given) at the last mixed epoch; the last ``final_level0_epochs``
-    epochs train level 0 only; a baseline always does.
-    """
-    levels = len(spec.ladder)
-    for name, w in (("level_weights", cfg.level_weights), ("level_weights_end", cfg.level_weights_end)):
-        if len(w) > levels:
-            raise ValueError(f"{name} has {len(w)} entries but the ladder has {levels} levels")
-    if cfg.baseline or epoch >= cfg.epochs - cfg.final_level0_epochs:
-        return [1.0]
-    start = np.zeros(levels)
-    start[: len(cfg.level_weights or [1.0] * levels)] = cfg.level_weights or [1.0] * levels
-    if not cfg.level_weights_end:
-        return (start / start.sum()).tolist()
-    end = np.zeros(levels)
-    end[: len(cfg.level_weights_end)] = cfg.level_weights_end
-    first = int(round(cfg.anneal_start * (cfg.epochs - cfg.final_level0_epochs)))
-    span = max(1, cfg.epochs - cfg.final_level0_epochs - 1 - first)
-    t = min(1.0, max(0.0, (epoch - first) / span))
-    weights = (1 - t) * start / start.sum() + t * end / end.sum()
-    return weights.tolist()
+    """Relative draw probability of each level in ``epoch`` (``icpc.LevelSchedule`` of the config)."""
+    return LevelSchedule.from_config(cfg).at(epoch, len(spec.ladder))
 
 
 def epoch_plan(cfg: TrainConfig, table: SampleTable, spec: Spec, epoch: int, world: int,
                segments: list[list[int]] = ()) -> EpochPlan:
-    """The plan of ``epoch`` for ``world`` ranks; after ``segments`` (earlier world sizes of this epoch
-    and the batches they ran), the plan of the samples they left."""
-    levels = draw_levels(cfg.seed, epoch, table.key_hash, level_weights(cfg, spec, epoch))
-    tokens = table.tokens[np.arange(len(table)), levels]
-    lengths = tokens if not spec.ladder[0].grid else None
+    """The plan of ``epoch`` for ``world`` ranks (``icpc.loader.epoch_plan`` with the config's settings)."""
+    return plan_of_epoch(table, spec, epoch, world, seed=cfg.seed, batch_size=cfg.batch_size,
+                         schedule=LevelSchedule.from_config(cfg), batch_tokens=cfg.batch_tokens,
+                         shuffle_window=cfg.shuffle_window, length_bucket=cfg.length_bucket, segments=segments)
 
-    def plan(w: int, rows=None) -> EpochPlan:
-        return plan_epoch(cfg.seed, epoch, w, cfg.batch_size, levels, table.shard, lengths, cfg.length_bucket,
-                          cfg.shuffle_window, rows, cfg.batch_tokens, tokens)
 
-    rows = None
-    for w, done in segments:
-        rows = remaining_rows(plan(w, rows), done)
-    return plan(world, rows)
+def make_train_loader(cfg: TrainConfig, data, world: World, device) -> ICPCLoader:
+    """The run's ``icpc.ICPCLoader`` over the training split (what a user's own loop would build)."""
+    return ICPCLoader(data, split="train", batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, seed=cfg.seed,
+                      schedule=LevelSchedule.from_config(cfg), strategy=cfg.strategy, rank=world.rank,
+                      world_size=world.size, num_workers=cfg.loader_workers, prefetch=cfg.prefetch,
+                      pin_memory=device.type == "cuda", shuffle_window=cfg.shuffle_window,
+                      length_bucket=cfg.length_bucket, read_merge_gap=cfg.read_merge_gap,
+                      max_batches=cfg.max_steps_per_epoch)
 
 
 def train(cfg: TrainConfig, world: World, progress: bool = True, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -124,9 +105,7 @@ def train(cfg: TrainConfig, world: World, progress: bool = True, hooks: Hooks | 
 def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks, stop: StopRequest) -> dict:
     data = open_dataset(cfg.data)
     spec, out = data.spec, cfg.output
-    table = data.table("train")
-    if not len(table):
-        raise ValueError(f"dataset {cfg.data} has no training samples (splits: {data.counts})")
+    loader = make_train_loader(cfg, data, world, device)
     val_shards = data.shards("val")
     test_shards = data.shards("test") if cfg.test_each_epoch else []
     if world.is_main:
@@ -136,9 +115,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
     storage.makedirs(storage.join(out, "ranks"))
     storage.write_text(storage.join(out, "ranks", f"rank-{world.rank}.pid"), str(os.getpid()))  # for operators
 
-    steps_estimate = epoch_plan(cfg, table, spec, 0, world.size).steps
-    if cfg.max_steps_per_epoch:
-        steps_estimate = min(steps_estimate, cfg.max_steps_per_epoch)
+    steps_estimate = len(loader)  # epoch 0's batches per rank
     total_updates = max(1, cfg.epochs * steps_estimate // cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     model = build_model(spec, cfg.model, len(data.classes), cfg.strategy).to(device)
@@ -148,32 +125,30 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
     warmup = max(1, int(cfg.warmup_fraction * total_updates))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_updates, warmup))
     identity = {"location": storage.absolute(cfg.data), "fingerprint": data.fingerprint}
-    loader_state, step = LoaderState(), 0
+    step = 0
     if cfg.resume or cfg.resume_from:
-        loader_state, step = resume(cfg, world, spec, identity, model, optimizer, scheduler)
+        step = resume(cfg, world, spec, identity, model, optimizer, scheduler, loader)
     else:
         torch.manual_seed(cfg.seed + 7919 * (world.rank + 1))  # per-rank dropout streams
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
     log = RunLog(out, world.rank, world.is_main)
     writer = Checkpointer(out, cfg.keep_checkpoints) if world.is_main else None
-    workers = default_workers(world.local_size) if cfg.loader_workers < 0 else cfg.loader_workers
-    sampler = PlanSampler(world.rank)
-    loader = make_loader(BatchDataset(table, spec, data.shared_positions, cfg.strategy, cfg.read_merge_gap),
-                         sampler, workers, cfg.prefetch, device)
     if world.is_main:
-        print(f"training on {len(table)} samples, {world.size} rank(s) x batch {cfg.batch_size}, "
-              f"{workers} loader worker(s) per rank, device {device}", flush=True)
+        print(f"training on {len(loader.table)} samples, {world.size} rank(s) x batch {cfg.batch_size}, "
+              f"{loader.num_workers} loader worker(s) per rank, device {device}", flush=True)
 
-    def save(epoch_state: LoaderState, reason: str) -> None:
+    def save(reason: str) -> None:
         rng = gather(checkpoint.rng_state(), world)  # the one collective a checkpoint costs the other ranks
-        info = {"epoch": epoch_state.epoch, "batches": epoch_state.batches, "step": step}
+        position = loader.state_dict()
+        info = {"epoch": position["epoch"], "batches": position["batches"], "step": step}
         if writer is None:
             if hooks.on_checkpoint:
                 hooks.on_checkpoint("", info)
             return
         state = {"model": checkpoint.snapshot(model), "optimizer": checkpoint.snapshot(optimizer),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch_state.epoch, "step": step,
-                 "loader": epoch_state.to_json(), "rng": rng, "config": to_dict(cfg), "spec": spec.to_json(),
+                 "scheduler": scheduler.state_dict(), "epoch": position["epoch"], "step": step,
+                 "loader": LoaderState.from_json(position).to_json(), "rng": rng, "config": to_dict(cfg),
+                 "spec": spec.to_json(),
                  "classes": data.classes, "data": identity["location"], "dataset": identity, "model_plugin": plugin,
                  "world_size": world.size, "reason": reason}
         writer.save(state, step)
@@ -182,13 +157,10 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
             hooks.on_checkpoint(writer.last_path or storage.join(out, checkpoint.CHECKPOINT), info)
 
     row: dict[str, Any] = {}
-    for epoch in range(loader_state.epoch, cfg.epochs):
+    for epoch in range(loader.epoch, cfg.epochs):
         model.train()
-        segments = loader_state.segments if epoch == loader_state.epoch else []
-        start = loader_state.batches if epoch == loader_state.epoch else 0
-        plan = epoch_plan(cfg, table, spec, epoch, world.size, segments)
-        steps = min(plan.steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else plan.steps
-        sampler.set_plan(plan, start)
+        loader.set_epoch(epoch)
+        plan, steps, start = loader.plan, len(loader), loader.batches_done
         trace = _tracer(out, world, epoch, plan, start) if cfg.trace else None
         stopped = False
 
@@ -200,17 +172,16 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
             stopped = stop.requested
             if world.size > 1:  # every rank stops at the same step, whichever got the signal
                 stopped = bool(all_reduce_max({"stop": float(stopped)}, device)["stop"])
-            position = LoaderState(epoch, start + done, segments)
             if stopped:
-                save(position, f"stopped by {stop.signal or 'a peer rank'}")
+                save(f"stopped by {stop.signal or 'a peer rank'}")
                 return True
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and start + done < steps:
-                save(position, f"every {cfg.checkpoint_every} steps")
+                save(f"every {cfg.checkpoint_every} steps")
             return False
 
         t0 = time.perf_counter()
         totals, step = train_steps(
-            ddp, model, iter(loader), max(0, steps - start), optimizer=optimizer, scheduler=scheduler,
+            ddp, model, loader, max(0, steps - start), optimizer=optimizer, scheduler=scheduler,
             grad_accum=cfg.grad_accum, world_size=world.size, device=device, num_levels=len(spec.ladder), log=log,
             step=step, desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress and world.is_main,
             after_step=after_step)
@@ -246,7 +217,7 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
                "read_amplification": sums["bytes_read"] / max(1, sums["payload_bytes"]),
                "partial_steps": plan.partial_steps(), "padded": plan.padded(),
                "checkpoint_seconds": writer.seconds if writer else 0.0}
-        save(LoaderState(epoch + 1, 0, []), "epoch end")
+        save("epoch end")  # the loader has moved to the next epoch
         if world.is_main:
             log.epoch(row, EPOCH_SCALARS)
             skipped = f", {row['samples_skipped']} samples skipped (see warnings)" if row["samples_skipped"] else ""
@@ -263,14 +234,14 @@ def _train(cfg: TrainConfig, world: World, device, progress: bool, hooks: Hooks,
 
 
 def resume(cfg: TrainConfig, world: World, spec: Spec, identity: dict[str, Any], model, optimizer,
-           scheduler) -> tuple[LoaderState, int]:
-    """Load the checkpoint into the run (refusing a different run); returns (loader state, optimizer step)."""
+           scheduler, data_loader: ICPCLoader) -> int:
+    """Load the checkpoint into the run and its loader (refusing a different run); returns the optimizer step."""
     state, where = checkpoint.latest(cfg.output, cfg.resume_from)
     if state is None:
         if world.is_main:
             print(f"--resume: no checkpoint at {where}; starting from scratch", flush=True)
         torch.manual_seed(cfg.seed + 7919 * (world.rank + 1))
-        return LoaderState(), 0
+        return 0
     check_spec(Spec.from_json(state["spec"]), spec, f"--resume from {where}")
     checkpoint.check_resume(state, {"config": to_dict(cfg), "dataset": identity}, where)
     model.load_state_dict(state["model"])
@@ -279,21 +250,21 @@ def resume(cfg: TrainConfig, world: World, spec: Spec, identity: dict[str, Any],
     for group in optimizer.param_groups:  # the saved groups carry the saving run's choice: keep this run's
         group.update(implementation)
     scheduler.load_state_dict(state["scheduler"])
-    loader = LoaderState.from_json(state.get("loader") or {"epoch": state["epoch"], "batches": 0})
     saved_world = len(state["rng"])
+    position = {**(state.get("loader") or {"epoch": state["epoch"], "batches": 0}), "world_size": saved_world}
+    data_loader.load_state_dict(position)
+    loader = LoaderState.from_json(position)
     if saved_world == world.size:  # same world: every rank continues its own RNG stream and batches
         checkpoint.restore_rng(state["rng"][world.rank])
         how = "same world size: the run continues exactly"
     else:  # the rest of the epoch is re-planned for this world; new dropout streams
         torch.manual_seed(cfg.seed + 7919 * (world.rank + 1) + 104729 * (loader.epoch + 1) + loader.batches)
-        if loader.batches:
-            loader = LoaderState(loader.epoch, 0, [*loader.segments, [saved_world, loader.batches]])
         how = (f"{saved_world} -> {world.size} ranks: the rest of epoch {loader.epoch + 1} is re-planned, each "
                f"untrained sample once")
     if world.is_main:
         print(f"resumed from {where} (written at {state.get('reason', 'an epoch end')}): epoch {loader.epoch + 1}, "
               f"batch {loader.batches}, optimizer step {state['step']}; {how}", flush=True)
-    return loader, int(state["step"])
+    return int(state["step"])
 
 
 def _tracer(out: str, world: World, epoch: int, plan: EpochPlan, start: int) -> Callable[[int, float], None]:
