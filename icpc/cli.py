@@ -4,7 +4,7 @@
     icpc compress --modality image --input data/fmnist --output runs/data
     icpc train --nproc-per-node 2 --data runs/data --output runs/icpc
     icpc evaluate --checkpoint runs/icpc/last.pt
-    icpc calibrate --checkpoint runs/icpc/last.pt   # per-level thresholds -> runs/icpc/thresholds.json
+    icpc calibrate --checkpoint runs/icpc/last.pt   # certified thresholds -> runs/icpc/thresholds.json
     icpc serve --checkpoint runs/icpc/last.pt       # HTTP cascade on http://127.0.0.1:8000
     icpc demo                       # all of the above on Fashion-MNIST, ICPC vs baseline
 """
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs each Ray Train worker reserves")
     _add_set(p)
 
-    p = sub.add_parser("evaluate", help="accuracy/time per level and the cascade over a threshold sweep")
+    p = sub.add_parser("evaluate", help="accuracy/time per level, the calibrated cascade, a threshold-sweep curve")
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default runs/train/last.pt)")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="train, val or test (default test)")
@@ -96,11 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="where the model runs: auto (default: cuda when there is a GPU), cpu, cuda, cuda:N")
     _add_set(p)
 
-    p = sub.add_parser("calibrate", help="per-level cascade thresholds for an accuracy target at the lowest cost")
+    p = sub.add_parser("calibrate", help="cascade thresholds whose accuracy loss vs level 0 is certified (Learn then Test)")
     p.add_argument("--checkpoint", help="checkpoint to calibrate (default runs/train/last.pt)")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="held-out split the thresholds are chosen on (default val)")
-    p.add_argument("--tolerance", type=float, help="accuracy the cascade may lose vs level 0 (default 0.003 = 0.3 pts)")
+    p.add_argument("--epsilon", type=float, help="loss the cascade may have vs level 0 (default 0.01 = 1 accuracy point)")
+    p.add_argument("--delta", type=float, help="chance the guarantee fails over the calibration samples (default 0.1)")
+    p.add_argument("--loss", choices=["accuracy", "disagreement"],
+                   help="accuracy (default: level 0 right, the cascade wrong) or disagreement (no labels used)")
     p.add_argument("--cost", choices=["serving", "ms", "tokens"],
                    help="per-level cost: serving (default: ms the server pays per level tried, compression + model at "
                         "the serving batch on the serving device), ms (forward ms, batch 256) or tokens")
@@ -217,7 +220,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from icpc.inference.calibrate import CalibrateConfig, calibrate, format_report
 
     cfg = _config(CalibrateConfig, args, {"checkpoint": "checkpoint", "data": "data", "split": "split",
-                                          "tolerance": "tolerance", "cost": "cost", "device": "device",
+                                          "epsilon": "epsilon", "delta": "delta", "loss": "loss",
+                                          "cost": "cost", "device": "device",
                                           "output": "output"})
     if _print_config(args, cfg):
         return 0

@@ -130,7 +130,9 @@ class EvalConfig:
     split: str = "test"
     output: str = ""                  # "" = <checkpoint folder>/eval
     batch_size: int = 256
+    # shared thresholds of the sweep drawn as a curve in cascade.png (not a result: chosen on this split)
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    calibrated: str = ""              # thresholds.json whose cascade is reported; "" = beside the checkpoint, if any
     strategy: str = ""                # "" = the strategy the checkpoint was trained with
     threads: int = 0                  # torch threads; 0 = all cores
     limit: int = 0                    # evaluate at most this many samples (0 = all)

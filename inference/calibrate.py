@@ -1,11 +1,15 @@
-"""``icpc calibrate``: per-level cascade thresholds for an accuracy target at the lowest measured cost.
+"""``icpc calibrate``: per-level cascade thresholds whose loss against level 0 is certified (Learn then Test).
 
-    icpc calibrate --checkpoint runs/icpc/last.pt                 # val split, within 0.3 points of level 0
-    icpc calibrate --checkpoint runs/icpc/last.pt --tolerance 0.01 --cost tokens
+    icpc calibrate --checkpoint runs/icpc/last.pt                          # epsilon 0.01, delta 0.1, val split
+    icpc calibrate --checkpoint runs/icpc/last.pt --epsilon 0.02 --cost tokens
+    icpc calibrate --checkpoint runs/icpc/last.pt --set loss=disagreement  # labels not used
 
-The search is pure numpy over precomputed probabilities (``search_thresholds``): a sweep of one
-shared threshold, then coordinate descent on each level's own threshold. A threshold above 1
-takes a level out of the cascade (it could never answer, so the server does not try it).
+Guarantee (``ltt.py``): if the calibration split and the traffic served later are exchangeable,
+then with probability at least ``1 - delta`` over the calibration samples the chosen cascade loses
+at most ``epsilon`` accuracy against level 0 (``loss=accuracy``: level 0 right and the cascade
+wrong), or answers differently from level 0 on at most ``epsilon`` of the inputs
+(``loss=disagreement``). The math is pure numpy in ``ltt.py``; this module measures the
+probabilities and the per-level costs, runs it, and writes ``thresholds.json`` and ``calibrate.png``.
 
 The default cost, ``serving``, is what the server pays for each level it tries, measured on raw
 inputs of the split with the server's own code on the serving device: the modality's compression
@@ -20,34 +24,40 @@ import mimetypes
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from icpc import storage
-from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
-from icpc.inference.thresholds import OFF, THRESHOLDS_FILE, active_order
+from icpc.inference.cascade import cascade_order
+from icpc.inference.cascade_report import cascade_figures, format_figures
+from icpc.inference.ltt import DEFAULT_GRID, LOSSES, PATHS, learn_then_test
+from icpc.inference.thresholds import THRESHOLDS_FILE, active_order
 from icpc.reports import save_figure, write_json
 
 PLOT_FILE = "calibrate.png"
-MAX_ROUNDS = 10     # coordinate-descent passes over the levels (it converges in 2-3 here)
-# Candidate thresholds: every 0.05, denser near 1 where a trained model's softmax scores pile up.
-DEFAULT_GRID = [round(0.05 * i, 2) for i in range(20)] + [0.97, 0.98, 0.99, 0.995, 0.999]
 COSTS = ("serving", "ms", "tokens")
 
 
 @dataclass
 class CalibrateConfig:
-    """``icpc calibrate``: choose thresholds on held-out data, write them beside the checkpoint."""
+    """``icpc calibrate``: certify thresholds on held-out data, write them beside the checkpoint."""
 
     checkpoint: str = "runs/train/last.pt"
     data: str = ""                    # dataset folder; "" = the one the checkpoint was trained on
-    split: str = "val"                # held-out split the thresholds are chosen on
+    split: str = "val"                # held-out split the thresholds are certified on (exchangeable with traffic)
     check_split: str = "test"         # split the chosen thresholds are then reported on ("" = none)
-    tolerance: float = 0.003          # accuracy the cascade may lose against level 0 (0.003 = 0.3 points)
+    epsilon: float = 0.01             # loss the cascade may have against level 0 (0.01 = 1 accuracy point)
+    delta: float = 0.1                # chance, over the calibration samples, that the guarantee fails
+    # "accuracy": level 0 right and the cascade wrong (needs labels); "disagreement": the cascade's label
+    # differs from level 0's (no labels needed; bounds the accuracy loss too, so it certifies less)
+    loss: str = "accuracy"
+    # fixed candidate paths, each tested from its most conservative point, delta split between them:
+    # "shared" (one threshold for every compressed level), "direct" (most compressed level, then level 0)
+    paths: list[str] = field(default_factory=lambda: ["shared", "direct"])
+    grid: list[float] = field(default_factory=lambda: DEFAULT_GRID.copy())  # thresholds along each path, any order
     cost: str = "serving"             # per-level cost: "serving" (ms the server pays per level tried, see the
                                       # module doc), "ms" (forward ms per sample at batch_size) or "tokens"
-    grid: list[float] = field(default_factory=lambda: DEFAULT_GRID.copy())  # candidate thresholds of each level
     output: str = ""                  # folder for thresholds.json and calibrate.png; "" = the checkpoint's
     batch_size: int = 256             # evaluation batch (the probabilities; cost "ms")
     threads: int = 0                  # torch threads; 0 = all cores
@@ -67,8 +77,14 @@ class CalibrateConfig:
             errors.append(f"split={self.split!r}: choose val (or train, test)")
         if self.check_split not in ("", "train", "val", "test"):
             errors.append(f"check_split={self.check_split!r}: choose test, val, train or ''")
-        if not 0 <= self.tolerance < 1:
-            errors.append(f"tolerance={self.tolerance}: must be in [0, 1) (0.003 = 0.3 accuracy points)")
+        if not 0 < self.epsilon < 1:
+            errors.append(f"epsilon={self.epsilon}: must be in (0, 1) (0.01 = 1 accuracy point)")
+        if not 0 < self.delta < 1:
+            errors.append(f"delta={self.delta}: must be in (0, 1) (0.1 = the guarantee holds 9 times in 10)")
+        if self.loss not in LOSSES:
+            errors.append(f"loss={self.loss!r}: choose one of {LOSSES}")
+        if not self.paths or any(p not in PATHS for p in self.paths) or len(set(self.paths)) != len(self.paths):
+            errors.append(f"paths={self.paths}: choose one or more of {PATHS}, each once")
         if self.cost not in COSTS:
             errors.append(f"cost={self.cost!r}: choose one of {COSTS}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -83,62 +99,6 @@ class CalibrateConfig:
         if self.batch_size <= 0:
             errors.append(f"batch_size={self.batch_size}: must be positive")
         return errors
-
-
-# ----------------------------------------------------------------------------- pure core
-
-
-def evaluate_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float],
-                        level_cost: Sequence[float]) -> dict[str, Any]:
-    """Accuracy, mean cost and answering levels of the cascade over ``probs`` ``(levels, n, C)``."""
-    order = active_order(thresholds)
-    preds, answered, tried = simulate_cascade(probs, order, thresholds)
-    return {"thresholds": [float(t) for t in thresholds], "order": order,
-            "accuracy": float((preds == labels).mean()),
-            "mean_cost": float(cascade_cost(answered, order, level_cost).mean()),
-            "mean_levels_tried": float(tried.mean()),
-            "answered": {str(lv): float((answered == lv).mean()) for lv in range(len(thresholds))}}
-
-
-def search_thresholds(probs: np.ndarray, labels: np.ndarray, level_cost: Sequence[float], tolerance: float,
-                      grid: Sequence[float]) -> dict[str, Any]:
-    """The cheapest per-level thresholds whose accuracy is at least level 0's minus ``tolerance``.
-
-    Starts from level 0 alone (always feasible), takes the cheapest feasible shared threshold of
-    ``grid``, then improves one level at a time over ``grid`` and OFF until nothing gets cheaper.
-    Returns the chosen point (``evaluate_thresholds`` fields) plus ``reference_accuracy``,
-    ``min_accuracy`` and the ``shared`` sweep.
-    """
-    levels = probs.shape[0]
-    reference = float((probs[0].argmax(1) == labels).mean())
-    floor = reference - tolerance - 1e-12
-    candidates = sorted({float(t) for t in grid} | {OFF})
-
-    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        if a["accuracy"] < floor:
-            return False
-        return a["mean_cost"] < b["mean_cost"] - 1e-12 or (
-            abs(a["mean_cost"] - b["mean_cost"]) <= 1e-12 and a["accuracy"] > b["accuracy"])
-
-    best = evaluate_thresholds(probs, labels, [0.0] + [OFF] * (levels - 1), level_cost)
-    shared = []
-    for t in candidates:
-        point = evaluate_thresholds(probs, labels, [0.0] + [t] * (levels - 1), level_cost)
-        shared.append(point)
-        if better(point, best):
-            best = point
-    for _ in range(MAX_ROUNDS):
-        start = best
-        for level in range(1, levels):
-            for t in candidates:
-                trial = list(best["thresholds"])
-                trial[level] = t
-                point = evaluate_thresholds(probs, labels, trial, level_cost)
-                if better(point, best):
-                    best = point
-        if best is start:
-            break
-    return {**best, "reference_accuracy": reference, "min_accuracy": reference - tolerance, "shared": shared}
 
 
 # ----------------------------------------------------------------------------- the job
@@ -241,21 +201,22 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     check_spec(spec, Spec.from_json(manifest["spec"]), f"calibrate {cfg.checkpoint} on {data}")
     ecfg = EvalConfig(batch_size=cfg.batch_size, limit=cfg.limit)
 
-    def level_probs(split: str) -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
-        """(probs (levels, n, C), labels (n,), forward ms per sample, mean tokens per sample) per level.
+    def level_probs(split: str) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
+        """(probs (levels, n, C), labels (n,), forward ms per sample per level, tokens (levels, n)).
 
-        Mean tokens are counted per sample (text levels have no fixed count; the ladder holds maxima).
+        Tokens are counted per sample (text levels have no fixed count; the ladder holds maxima).
         """
         shards = split_shards(manifest, data, split)
         runs = [predict_level(model, shards, spec, lv, ecfg, model.strategy, dtype) for lv in range(len(spec.ladder))]
         if any(r["keys"] != runs[0]["keys"] for r in runs):
             raise RuntimeError(f"levels disagree on the {split} sample set; the shards are inconsistent")
         ms = [1000 * r["seconds"] / len(r["labels"]) for r in runs]
-        return np.stack([r["probs"] for r in runs]), runs[0]["labels"], ms, [float(r["tokens"].mean()) for r in runs]
+        return np.stack([r["probs"] for r in runs]), runs[0]["labels"], ms, np.stack([r["tokens"] for r in runs])
 
     # Batched ms over the whole split, not batch-1 latency: the server batches, and on a shared CPU
     # a few hundred batch-1 timings are too noisy to rank levels by.
-    probs, labels, ms, tokens = level_probs(cfg.split)
+    probs, labels, ms, sample_tokens = level_probs(cfg.split)
+    tokens = [float(t) for t in sample_tokens.mean(1)]
     serving = None
     if cfg.cost == "serving":
         # Timed as one model replica runs: serve_threads torch threads, the serving batch, raw inputs.
@@ -267,29 +228,26 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
         level_cost = [c + f + cfg.level_overhead_ms for c, f in zip(serving["compress_ms"], serving["forward_ms"])]
     else:
         level_cost = ms if cfg.cost == "ms" else tokens
-    found = search_thresholds(probs, labels, level_cost, cfg.tolerance, cfg.grid)
-    ref_cost = level_cost[0]
+    found = learn_then_test(probs, labels if cfg.loss == "accuracy" else None, level_cost, cfg.epsilon, cfg.delta,
+                            cfg.loss, cfg.paths, cfg.grid)
     levels = [{"level": i, "name": lv.name, "tokens": tokens[i], "cost": level_cost[i], "ms_per_sample": ms[i],
                "accuracy": float((probs[i].argmax(1) == labels).mean())} for i, lv in enumerate(spec.ladder)]
     if serving:
         for lv in levels:
             lv.update(compress_ms=serving["compress_ms"][lv["level"]], forward_ms=serving["forward_ms"][lv["level"]])
-    chosen = {k: v for k, v in found.items() if k != "shared"}
+    chosen = found["thresholds"]
     report: dict[str, Any] = {
-        "thresholds": chosen["thresholds"], "order": chosen["order"],
-        "target": f"{cfg.split} accuracy >= level 0's - {cfg.tolerance}", "cost": cfg.cost,
-        "level_cost": level_cost, "levels": levels, "samples": int(len(labels)),
+        "thresholds": chosen, **_certificate(found, cfg.split),
+        "cost": cfg.cost, "level_cost": level_cost, "levels": levels, "samples": found["n"],
         "device": device, "precision": str(dtype or torch.float32).removeprefix("torch."), "serving": serving,
         "checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split,
-        cfg.split: _summary(chosen, ref_cost, probs, labels, tokens),
-        "shared": [{**s, "cost_ratio": s["mean_cost"] / ref_cost} for s in found["shared"]],
-        "config": to_dict(cfg),
+        cfg.split: cascade_figures(probs, labels, chosen, sample_tokens, level_cost),
+        "tested": found["tested"], "config": to_dict(cfg),
     }
+    report["expected_cost"] = {k: report[cfg.split][k] for k in ("token_ratio", "cost_ratio", "mean_levels_tried")}
     if cfg.check_split and cfg.check_split != cfg.split and manifest["counts"].get(cfg.check_split):
-        cprobs, clabels, _, _ = level_probs(cfg.check_split)
-        check = evaluate_thresholds(cprobs, clabels, chosen["thresholds"], level_cost)
-        check["reference_accuracy"] = float((cprobs[0].argmax(1) == clabels).mean())
-        report[cfg.check_split] = _summary(check, ref_cost, cprobs, clabels, tokens)
+        cprobs, clabels, _, ctokens = level_probs(cfg.check_split)
+        report[cfg.check_split] = cascade_figures(cprobs, clabels, chosen, ctokens, level_cost)
     out = cfg.output or storage.parent(cfg.checkpoint)
     storage.makedirs(out)
     write_json(storage.join(out, THRESHOLDS_FILE), report)
@@ -298,37 +256,54 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def _summary(point: dict[str, Any], ref_cost: float, probs: np.ndarray, labels: np.ndarray,
-             tokens: list[float]) -> dict[str, Any]:
-    token_cost = evaluate_thresholds(probs, labels, point["thresholds"], tokens)["mean_cost"]
-    return {"samples": int(len(labels)), "accuracy": point["accuracy"],
-            "reference_accuracy": point["reference_accuracy"],
-            "accuracy_delta": point["accuracy"] - point["reference_accuracy"],
-            "mean_cost": point["mean_cost"], "cost_ratio": point["mean_cost"] / ref_cost,
-            "token_ratio": token_cost / tokens[0], "mean_levels_tried": point["mean_levels_tried"],
-            "answered": point["answered"]}
+def _certificate(found: dict[str, Any], split: str) -> dict[str, Any]:
+    """What ``learn_then_test`` certified, in the words and fields thresholds.json records."""
+    what = {"accuracy": "accuracy lost against level 0 (level 0 right, the cascade wrong)",
+            "disagreement": "share of inputs answered differently from level 0"}[found["loss"]]
+    if found["certified"]:
+        statement = (f"with probability >= {1 - found['delta']:g} over the {found['n']} {split} samples, the "
+                     f"{what} is at most {found['epsilon']:g} on data exchangeable with them")
+    elif found["n"] < found["samples_needed"]:
+        statement = (f"the {split} split is too small to certify any saving: {found['n']} samples certify at best a "
+                     f"loss of {found['smallest_certifiable']:.4f} (zero losses), epsilon {found['epsilon']:g} needs "
+                     f"at least {found['samples_needed']}; the cascade answers at level 0 (raise epsilon or "
+                     f"calibrate on more held-out samples)")
+    elif found["certified_count"]:
+        statement = (f"no saving certified: the {found['certified_count']} candidates certified at epsilon "
+                     f"{found['epsilon']:g} all cost more than level 0 alone; the cascade answers at level 0")
+    else:
+        statement = (f"no saving certified: the first candidate of every path already loses too often on the "
+                     f"{found['n']} {split} samples to be certified at epsilon {found['epsilon']:g}; the cascade "
+                     f"answers at level 0")
+    return {"certified": found["certified"], "guarantee": statement, "epsilon": found["epsilon"],
+            "delta": found["delta"], "loss": found["loss"], "n": found["n"], "paths": found["paths"],
+            "candidate": {k: found[k] for k in ("path", "thresholds", "losses", "loss_rate", "p_value")},
+            "order": active_order(found["thresholds"])}
 
 
 def plot(report: dict[str, Any], location: str) -> None:
-    """Accuracy against cost relative to level 0: single levels, the shared sweep, the chosen point."""
+    """Calibration split: loss and cost relative to level 0 of every candidate tested, certified or not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    split, levels, ref = report["split"], report["levels"], report["levels"][0]["cost"]
+    split, eps = report["split"], report["epsilon"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([lv["cost"] / ref for lv in levels], [lv["accuracy"] for lv in levels], "o", label="single level")
-    for lv in levels:
-        ax.annotate(f"L{lv['level']}", (lv["cost"] / ref, lv["accuracy"]), textcoords="offset points", xytext=(4, 4))
-    ax.plot([s["cost_ratio"] for s in report["shared"]], [s["accuracy"] for s in report["shared"]], ".",
-            alpha=0.6, label="cascade, one shared threshold")
+    for path in report["paths"]:
+        pts = [t for t in report["tested"] if t["path"] == path]
+        ax.plot([t["cost_ratio"] for t in pts], [t["loss_rate"] for t in pts], ".-", alpha=0.6,
+                label=f"path {path} (tested in order)")
+        ok = [t for t in pts if t["certified"]]
+        ax.plot([t["cost_ratio"] for t in ok], [t["loss_rate"] for t in ok], "go", ms=4,
+                label="certified" if path == report["paths"][0] else None)
     chosen = report[split]
-    ax.plot([chosen["cost_ratio"]], [chosen["accuracy"]], "r*", ms=14, label="calibrated (per level)")
-    ax.axhline(chosen["reference_accuracy"] - report["config"]["tolerance"], color="grey", ls=":", label="target")
+    ax.plot([chosen["cost_ratio"]], [chosen["lost" if report["loss"] == "accuracy" else "disagreement"]], "r*",
+            ms=14, label="chosen (thresholds.json)")
+    ax.axhline(eps, color="grey", ls=":", label=f"epsilon {eps:g}")
     ax.set_xlabel(f"mean cost ({report['cost']}) relative to level 0")
-    ax.set_ylabel(f"{split} accuracy")
-    ax.set_title(f"cascade calibration ({report['samples']} {split} samples)")
+    ax.set_ylabel(f"{report['loss']} loss on {split} (empirical)")
+    ax.set_title(f"Learn then Test, delta {report['delta']:g} ({report['n']} {split} samples)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -338,17 +313,25 @@ def plot(report: dict[str, Any], location: str) -> None:
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"{'level':<12}{'tokens':>7}{r['cost']:>9}{'accuracy':>10}"]
     for lv in r["levels"]:
-        lines.append(f"L{lv['level']} {lv['name']:<9}{lv['tokens']:>7}{lv['cost']:>9.3f}{lv['accuracy']:>10.4f}")
-    lines.append(f"thresholds {r['thresholds']} (order {r['order']}; > 1 = level skipped)")
+        lines.append(f"L{lv['level']} {lv['name']:<9}{lv['tokens']:>7.4g}{lv['cost']:>9.3f}{lv['accuracy']:>10.4f}")
     if r.get("serving"):
         sv = r["serving"]
         lines.append(f"serving cost on {r['device']} ({r['precision']}): decode {sv['decode_ms']:.3f} ms once, then per "
                      f"level compress + forward (batch {sv['batch_size']}) + {sv['level_overhead_ms']} ms overhead")
+    c = r["candidate"]
+    tested = len(r["tested"])
+    lines.append(f"Learn then Test: loss {r['loss']}, epsilon {r['epsilon']:g}, delta {r['delta']:g}, paths "
+                 f"{r['paths']}, {tested} candidates tested on {r['n']} {r['split']} samples")
+    if r["certified"]:
+        lines.append(f"certified: {r['guarantee']}")
+        lines.append(f"chosen: {c['path']} {c['thresholds']} ({c['losses']} losses, p = {c['p_value']:.3g}); "
+                     f"expected cost {r['expected_cost']['token_ratio']:.2f}x the tokens of level 0, "
+                     f"{r['expected_cost']['cost_ratio']:.2f}x its {r['cost']} cost")
+    else:
+        lines.append(f"NOT CERTIFIED: {r['guarantee']}")
+    lines.append(f"thresholds {r['thresholds']} (order {r['order']}; > 1 = level skipped)")
     for split in ("val", "test", "train"):
         if split in r:
-            s = r[split]
-            ms = f"{s['cost_ratio']:.2f}x the {r['cost']} cost, " if r["cost"] != "tokens" else ""
-            lines.append(f"{split}: accuracy {s['accuracy']:.4f} ({100 * s['accuracy_delta']:+.2f} pts vs L0) at "
-                         f"{ms}{s['token_ratio']:.2f}x the tokens of L0 ({s['samples']} samples)")
+            lines.append(format_figures(split, r[split], r["cost"] if r["cost"] != "tokens" else ""))
     lines.append(f"wrote {r['output']}/{{{THRESHOLDS_FILE}, {PLOT_FILE}}}")
     return "\n".join(lines)

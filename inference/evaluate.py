@@ -1,4 +1,9 @@
-"""``icpc evaluate``: accuracy and measured time at every level, and the cascade over a threshold sweep.
+"""``icpc evaluate``: accuracy and measured time at every level, the calibrated cascade, and a threshold sweep.
+
+The cascade figure it reports is the one with the thresholds ``icpc serve`` loads (thresholds.json
+from ``icpc calibrate``, chosen on another split); the sweep over thresholds on the evaluated split
+is a curve (cascade.png, cascade.csv) for reading the trade-off, never a result: a threshold picked
+from it is chosen on the data it would be reported on.
 
 Also the device handling that evaluation, calibration and serving share (``resolve_device``,
 ``autocast_dtype``, ``to_device``): all three run the model where serving runs it.
@@ -6,6 +11,7 @@ Also the device handling that evaluation, calibration and serving share (``resol
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from typing import Any
@@ -17,14 +23,14 @@ from icpc import storage
 from icpc.config import EvalConfig, to_dict
 from icpc.contract import Spec, check_spec
 from icpc.dataset import read_manifest, split_shards
-from icpc.inference.cascade import cascade_cost, cascade_order, simulate_cascade
+from icpc.inference.cascade_report import cascade_figures, format_figures
+from icpc.inference.thresholds import THRESHOLDS_FILE, load_thresholds
 from icpc.devices import autocast_dtype, inference, model_device, resolve_device, synchronize, to_device
 from icpc.modelio import load_model
 from icpc.reports import save_figure, write_csv, write_json
 from icpc.training.data import eval_batches
 
-# Accuracy a cascade may give up against level 0 to count as "as good" (DESIGN contract 5).
-DEFAULT_TOLERANCE = 0.003
+PROBS_FILE = "probs.npz"   # per-level probabilities, labels, keys and tokens: what the cascade figures come from
 LATENCY_SAMPLES = 64   # samples timed one at a time per level (batch size 1, as a server sees them)
 
 
@@ -115,26 +121,27 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
                        "ms_per_sample_batched": 1000 * r["seconds"] / n,
                        "ms_latency_bs1": latency_level(model, shards, spec, level, strategy, LATENCY_SAMPLES, dtype)})
     ref = levels[0]
-    order = cascade_order(len(spec.ladder))
     tokens = np.stack([r["tokens"] for r in results])  # (levels, n): actual tokens of each sample
     ms = [lv["ms_latency_bs1"] for lv in levels]
     sweep = []
-    for t in cfg.thresholds:
-        preds, answered, tried = simulate_cascade(probs, order, [t] * len(levels))
-        acc = float((preds == labels).mean())
-        mean_tokens = float(tokens_tried(answered, order, tokens).mean())
-        mean_ms = float(cascade_cost(answered, order, ms).mean())
-        sweep.append({"threshold": t, "accuracy": acc, "accuracy_delta": acc - ref["accuracy"],
-                      "mean_tokens": mean_tokens, "token_ratio": mean_tokens / ref["mean_tokens"],
-                      "mean_ms": mean_ms, "time_ratio": mean_ms / ref["ms_latency_bs1"],
-                      "mean_levels_tried": float(tried.mean()),
-                      "answered": {str(lv): float((answered == lv).mean()) for lv in range(len(levels))}})
-    chosen = choose_threshold(sweep, ref["accuracy"], DEFAULT_TOLERANCE)
+    for t in cfg.thresholds:  # the curve: one threshold shared by every level, on this split
+        f = cascade_figures(probs, labels, [t] * len(levels), tokens, ms)
+        sweep.append({"threshold": t, **{k: v for k, v in f.items() if k not in ("samples", "thresholds", "order",
+                                                                                 "mean_cost", "cost_ratio")},
+                      "mean_ms": f["mean_cost"], "time_ratio": f["cost_ratio"]})
+    calibration = cfg.calibrated or storage.join(storage.parent(cfg.checkpoint), THRESHOLDS_FILE)
+    calibrated = None
+    if cfg.calibrated or storage.exists(calibration):  # a file named on purpose must exist (load_thresholds says so)
+        calibrated = {"source": calibration,
+                      **cascade_figures(probs, labels, load_thresholds(calibration, len(levels)), tokens, ms)}
     report = {"checkpoint": str(cfg.checkpoint), "data": str(data), "split": cfg.split, "samples": n,
               "strategy": strategy, "device": device, "precision": str(dtype or torch.float32).removeprefix("torch."),
-              "levels": levels, "cascade": sweep, "chosen": chosen,
-              "config": to_dict(cfg)}
+              "levels": levels, "calibrated": calibrated, "cascade": sweep, "config": to_dict(cfg)}
     write_json(storage.join(out, "eval.json"), report)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, probs=probs.astype(np.float32), labels=labels, tokens=tokens,
+                        keys=np.array(results[0]["keys"]))
+    storage.write_bytes(storage.join(out, PROBS_FILE), buf.getvalue())
     write_csv(storage.join(out, "levels.csv"), levels)
     write_csv(storage.join(out, "cascade.csv"), [{**{k: v for k, v in s.items() if k != "answered"},
                                                   **{f"answered_l{k}": v for k, v in s["answered"].items()}}
@@ -142,22 +149,6 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     plot(report, storage.join(out, "cascade.png"))
     report["output"] = out
     return report
-
-
-def tokens_tried(answered: np.ndarray, order: list[int], tokens: np.ndarray) -> np.ndarray:
-    """Per-sample tokens over every level tried up to the answering one; ``tokens`` is (levels, n)."""
-    rank = {level: i for i, level in enumerate(order)}
-    level_rank = np.array([rank[level] for level in range(len(tokens))])      # (levels,)
-    answer_rank = np.array([rank[int(a)] for a in answered])                 # (n,)
-    return (tokens * (level_rank[:, None] <= answer_rank[None, :])).sum(0)
-
-
-def choose_threshold(sweep: list[dict[str, Any]], reference_accuracy: float, tolerance: float) -> dict[str, Any]:
-    """The cheapest sweep point within ``tolerance`` of level 0; the most accurate if none is."""
-    ok = [s for s in sweep if s["accuracy"] >= reference_accuracy - tolerance]
-    if ok:
-        return min(ok, key=lambda s: s["mean_tokens"])
-    return max(sweep, key=lambda s: s["accuracy"])
 
 
 def plot(report: dict[str, Any], location: str) -> None:
@@ -174,12 +165,14 @@ def plot(report: dict[str, Any], location: str) -> None:
     for lv, x in zip(report["levels"], xs):
         ax.annotate(f"L{lv['level']}", (x, lv["accuracy"]), textcoords="offset points", xytext=(4, -10))
     ax.plot([s["token_ratio"] for s in report["cascade"]], [s["accuracy"] for s in report["cascade"]],
-            "s-", label="cascade (threshold sweep)")
+            "s-", alpha=0.6, label="cascade, one threshold swept on this split (not certified)")
+    if c := report.get("calibrated"):
+        ax.plot([c["token_ratio"]], [c["accuracy"]], "r*", ms=14, label="calibrated (thresholds.json, served)")
     ax.set_xlabel("mean tokens relative to level 0")
     ax.set_ylabel(f"{report['split']} accuracy")
     ax.set_title(f"accuracy vs cost ({report['samples']} samples)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, location)
 
@@ -190,12 +183,12 @@ def format_report(r: dict[str, Any]) -> str:
     for lv in r["levels"]:
         lines.append(f"L{lv['level']} {lv['name']:<9}{lv['mean_tokens']:>7.4g}{lv['accuracy']:>10.4f}"
                      f"{lv['ms_per_sample_batched']:>11.3f}{lv['ms_latency_bs1']:>9.2f}")
-    lines.append(f"{'threshold':<12}{'accuracy':>10}{'tokens':>8}{'x L0':>7}{'time x L0':>10}")
-    for s in r["cascade"]:
-        lines.append(f"{s['threshold']:<12}{s['accuracy']:>10.4f}{s['mean_tokens']:>8.1f}"
-                     f"{s['token_ratio']:>7.2f}{s['time_ratio']:>10.2f}")
-    c = r["chosen"]
-    lines.append(f"chosen threshold {c['threshold']}: accuracy {c['accuracy']:.4f} "
-                 f"({100 * c['accuracy_delta']:+.2f} pts vs L0) at {c['token_ratio']:.2f}x the tokens")
-    lines.append(f"wrote {r['output']}/{{eval.json, levels.csv, cascade.csv, cascade.png}}")
+    if c := r.get("calibrated"):
+        lines.append(format_figures(f"calibrated cascade ({c['source']}, the thresholds icpc serve loads) on "
+                                    f"{r['split']}", c, "batch-1 time"))
+    else:
+        lines.append("no thresholds.json beside the checkpoint: run icpc calibrate for the cascade's figure")
+    lines.append(f"threshold sweep on {r['split']} ({len(r['cascade'])} shared thresholds): a curve in cascade.png and "
+                 f"cascade.csv, not a result (a threshold picked from it is chosen on the data it is reported on)")
+    lines.append(f"wrote {r['output']}/{{eval.json, levels.csv, cascade.csv, cascade.png, {PROBS_FILE}}}")
     return "\n".join(lines)
