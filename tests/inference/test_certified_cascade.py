@@ -80,12 +80,12 @@ def test_learn_then_test_holds_over_random_calibration_draws_of_real_predictions
     assert probs.shape == (5, n, 10) and n > 200
     # population: calibration drawn from the pool, the loss measured on the whole pool (what the guarantee
     # is about), so at most delta of the draws may exceed epsilon
-    pop = ltt_splits.split_study(probs, labels, tokens, n // 2, 300, EPSILON, DELTA, mode="population")
+    pop = ltt_splits.split_study(probs, labels, tokens, n // 2, 200, EPSILON, DELTA, mode="population")
     print(ltt_splits.format_study(pop))
     assert pop["ltt"]["ci95"][0] <= DELTA, pop["ltt"]
     assert pop["certified_share"] > 0.5 and pop["ltt"]["mean_token_ratio"] < 1.0   # it does save
     # the naive choice (cheapest with calibration loss <= epsilon) breaks the promise: the check can fail
     assert pop["naive"]["ci95"][0] > DELTA and pop["naive"]["mean_token_ratio"] < pop["ltt"]["mean_token_ratio"]
-    split = ltt_splits.split_study(probs, labels, tokens, n // 2, 300, EPSILON, DELTA, mode="split", naive=False)
+    split = ltt_splits.split_study(probs, labels, tokens, n // 2, 200, EPSILON, DELTA, mode="split", naive=False)
     print(ltt_splits.format_study(split))
     assert split["ltt"]["ci95"][0] <= DELTA, split["ltt"]
