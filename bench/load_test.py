@@ -17,7 +17,16 @@ each process (client, HTTP proxy, ingress, model) used per request. A client tha
 waits its Retry-After before the next request, as a well-behaved client does. With ``--kill``, a
 last phase kills the model replica (SIGKILL of the pid it reports) mid-run and records how long
 requests waited, what they got and what ``/healthz`` said until Serve's replacement answered.
-The clients run on the same cores as the server: on a 2-core machine they take a share of it.
+The clients run on the same cores as the server: on a 2-core machine they take a share of it,
+reported as the client's CPU ms per request (``--client-cpus`` pins them).
+
+Overload (issue 26): ``--saturation 2,4,8,16,32`` first finds the smallest client count whose
+throughput is within 10% of the best (1x, on the first arm), then measures 1x and 4x for every arm;
+``fixed-count`` is main's admission before (48 at once), ``queue-delay`` the queueing-delay budget:
+
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/load_test.py --checkpoint runs/icpc/last.pt \
+        --arms fixed-count,queue-delay --saturation 2,4,8,16,32 --seconds 10 --rounds 3 \
+        --output bench/results/serve/overload.json
 """
 
 from __future__ import annotations
@@ -41,11 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-ARMS = {  # name -> (batching, level 0 only)
-    "cascade": (True, False),
-    "unbatched": (False, False),
-    "level0": (True, True),
-    "level0-unbatched": (False, True),
+ARMS = {  # name -> ServeConfig changes from the run's config (runtime fields only: applied by reconfigure)
+    "cascade": {},
+    "unbatched": {"batching": False},
+    "level0": {"level0": True},
+    "level0-unbatched": {"batching": False, "level0": True},
+    # admission (issue 26): main's fixed count of 48 before, the queueing-delay budget after
+    "fixed-count": {"queue_delay_target_s": 0.0, "max_inflight": 48},
+    "queue-delay": {},
 }
 PROCESS_TITLES = {"proxy": "ray::ProxyActor", "ingress": "ServeReplica:icpc:Cascade",
                   "model": "ServeReplica:icpc:Classifier"}
@@ -152,6 +164,7 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
     for r in records:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     rejected = [r["ms"] for r in records if r["status"] == 503]
+    json_503 = [r for r in records if r["status"] == 503 and r["json"]]
     timing = {k: float(np.mean([r["timing"][k] for r in ok if r["timing"]])) if ok else float("nan")
               for k in ("decode", "compress", "model")}
     levels = [r["level"] for r in ok]
@@ -162,7 +175,10 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
         "non_json_errors": sum(1 for r in records if r["status"] != 200 and not r["json"]),
         "seconds": seconds, "throughput_rps": len(ok) / seconds,
         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+        "rejected_p50_ms": float(np.percentile(rejected, 50)) if rejected else None,
         "rejected_p99_ms": float(np.percentile(rejected, 99)) if rejected else None,
+        "rejected_max_ms": float(np.max(rejected)) if rejected else None,
+        "status_503_json": len(json_503),
         "server_ms": float(np.mean([r["server_ms"] for r in ok])) if ok else float("nan"),
         "server_timing_ms": timing,
         "forward_passes": stats["batches"], "mean_batch": stats["items"] / stats["batches"] if stats["batches"] else 0.0,
@@ -232,6 +248,52 @@ def kill_phase(url: str, samples: list[dict], clients: int, seconds: float, kill
             "readiness_max_ms": max((h["ms"] for h in health), default=0.0)}
 
 
+def saturating_clients(sweep: list[dict], within: float = 0.9) -> int:
+    """The smallest client count whose throughput reaches ``within`` x the best of the sweep: more clients
+    only queue."""
+    best = max(p["throughput_rps"] for p in sweep)
+    return min(p["clients"] for p in sweep if p["throughput_rps"] >= within * best)
+
+
+def overload_goals(phases: list[dict], factor: int) -> dict[str, dict]:
+    """Issue 26's goals per arm, from the medians over rounds at the smallest client count (1x) and ``factor``
+    times it: goodput >= 0.8x, admitted p99 <= 3 s and <= 3x the 1x p99, every 503 JSON and under 50 ms."""
+    out = {}
+    for arm in sorted({p["arm"] for p in phases}):
+        ph = [p for p in phases if p["arm"] == arm]
+        base = min(p["clients"] for p in ph)
+        one, over = [p for p in ph if p["clients"] == base], [p for p in ph if p["clients"] == factor * base]
+        if not over:
+            continue
+        med = lambda rows, key: float(np.median([r[key] for r in rows if r[key] is not None] or [np.nan]))  # noqa: E731
+        rps1, rps4, p99_1, p99_4 = (med(one, "throughput_rps"), med(over, "throughput_rps"), med(one, "p99_ms"),
+                                    med(over, "p99_ms"))
+        rejected_p99 = max((r["rejected_p99_ms"] for r in over if r["rejected_p99_ms"] is not None), default=None)
+        n503 = sum(r["status_503"] for r in over)
+        out[arm] = {"clients": [base, factor * base], "throughput_rps": [rps1, rps4], "goodput_ratio": rps4 / rps1,
+                    "p50_ms": [med(one, "p50_ms"), med(over, "p50_ms")], "p99_ms": [p99_1, p99_4],
+                    "p99_ratio": p99_4 / p99_1, "status_503": n503,
+                    "status_503_json": sum(r["status_503_json"] for r in over),
+                    "rejected_p50_ms": med(over, "rejected_p50_ms"), "rejected_p99_ms_worst_round": rejected_p99,
+                    "goals": {"goodput_ratio>=0.8": rps4 / rps1 >= 0.8, "p99<=3s": p99_4 <= 3000,
+                              "p99<=3x_saturated": p99_4 <= 3 * p99_1,
+                              "503_json_under_50ms": n503 == 0 or (rejected_p99 is not None and rejected_p99 < 50 and
+                                                                   sum(r["status_503_json"] for r in over) == n503)}}
+    return out
+
+
+def format_goals(goals: dict[str, dict]) -> str:
+    lines = []
+    for arm, g in goals.items():
+        met = ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in g["goals"].items())
+        lines.append(f"overload {arm}: {g['clients'][0]} -> {g['clients'][1]} clients: goodput "
+                     f"{g['throughput_rps'][0]:.1f} -> {g['throughput_rps'][1]:.1f} req/s ({g['goodput_ratio']:.2f}x), "
+                     f"p99 {g['p99_ms'][0]:.0f} -> {g['p99_ms'][1]:.0f} ms ({g['p99_ratio']:.2f}x), "
+                     f"{g['status_503']} 503s ({g['status_503_json']} JSON), 503 p50 {g['rejected_p50_ms']:.1f} ms, "
+                     f"worst round's 503 p99 {g['rejected_p99_ms_worst_round'] or float('nan'):.1f} ms; {met}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -251,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ServeConfig override for every arm, e.g. --set ingress_replicas=2 (repeatable)")
+    p.add_argument("--saturation", default="", metavar="N,N,...",
+                   help="first sweep these client counts on the first arm, take the smallest whose throughput is "
+                        "within 10%% of the sweep's best as 1x, and measure 1x and --overload x it (replaces --clients)")
+    p.add_argument("--client-cpus", default="", metavar="N,N",
+                   help="pin the clients (this process's main thread, after Ray started) to these CPU ids")
+    p.add_argument("--overload", type=int, default=4, help="the overload factor of --saturation (default 4)")
+    p.add_argument("--ignore-retry-after", action="store_true",
+                   help="clients send again at once after a 503 (default: they wait its Retry-After)")
     p.add_argument("--output", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
@@ -277,35 +347,52 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     phases: list[dict] = []
+    sweep: list[dict] = []
     counter = itertools.count()
     kill = None
     try:
         url = start_serve(cfg)
         classifier = serve.get_deployment_handle("Classifier", APP_NAME)
-        pids = None
+        if args.client_cpus:   # the calling thread only: Ray's processes and threads keep every core
+            os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+        pids: list[int] = []
+
+        def measure(arm: str, clients: int, rnd: int) -> dict:
+            """One phase: the arm deployed through user_config, warm-up, then ``args.seconds`` measured."""
+            change = dict(ARMS[arm])
+            if change.pop("level0", False):
+                change["set_thresholds"] = level0
+            arm_cfg = ServeConfig(**{**cfg.__dict__, **change})
+            deploy(arm_cfg)
+            asyncio.run(run_phase(url, samples, clients, args.warmup, counter, not args.ignore_retry_after))
+            before, cpu0 = model_stats(classifier), cpu_seconds()
+            t0 = time.perf_counter()
+            records = asyncio.run(run_phase(url, samples, clients, args.seconds, counter, not args.ignore_retry_after))
+            elapsed = time.perf_counter() - t0
+            after, cpu1 = model_stats(classifier), cpu_seconds()
+            assert after["batching"] == arm_cfg.batching and after["pid"] == before["pid"]
+            pids.append(after["pid"])
+            assert len(set(pids)) == 1, "the model replica was replaced between arms"
+            phase = summarize(records, elapsed, diff(after, before), {k: cpu1[k] - cpu0[k] for k in cpu1})
+            phase.update(round=rnd, arm=arm, clients=clients, loadavg=os.getloadavg()[0])
+            other = phase["server_errors"] - phase["status_503"] - phase["status_504"]
+            rejected = phase["rejected_p99_ms"]
+            print(f"round {rnd} {clients:>4} clients {arm:<17}{phase['throughput_rps']:7.1f} req/s  "
+                  f"p50 {phase['p50_ms']:7.1f}  p99 {phase['p99_ms']:7.1f} ms  503 {phase['status_503']:>4} "
+                  f"(p99 {'-' if rejected is None else f'{rejected:.1f}'} ms)  504 {phase['status_504']}  "
+                  f"other 5xx {other}  batch {phase['mean_batch']:4.1f}  tried {phase['mean_levels_tried']:.2f}  "
+                  f"load {phase['loadavg']:.1f}", flush=True)
+            return phase
+
+        if args.saturation:
+            sweep = [measure(arms[0], clients, 0) for clients in (int(c) for c in args.saturation.split(",") if c)]
+            saturating = saturating_clients(sweep)
+            client_counts = [saturating, args.overload * saturating]
+            print(f"saturating client count ({arms[0]}): {saturating}; measuring {client_counts}", flush=True)
         for rnd in range(args.rounds):
             for clients in client_counts:
                 for arm in (arms if rnd % 2 == 0 else arms[::-1]):
-                    batching, only0 = ARMS[arm]
-                    deploy(ServeConfig(**{**cfg.__dict__, "batching": batching,
-                                          "set_thresholds": level0 if only0 else cfg.set_thresholds}))
-                    asyncio.run(run_phase(url, samples, clients, args.warmup, counter))
-                    before, cpu0 = model_stats(classifier), cpu_seconds()
-                    t0 = time.perf_counter()
-                    records = asyncio.run(run_phase(url, samples, clients, args.seconds, counter))
-                    elapsed = time.perf_counter() - t0
-                    after, cpu1 = model_stats(classifier), cpu_seconds()
-                    assert after["batching"] == batching and after["pid"] == before["pid"]
-                    pids = pids or after["pid"]
-                    assert after["pid"] == pids, "the model replica was replaced between arms"
-                    phase = summarize(records, elapsed, diff(after, before), {k: cpu1[k] - cpu0[k] for k in cpu1})
-                    phase.update(round=rnd + 1, arm=arm, clients=clients)
-                    phases.append(phase)
-                    other = phase["server_errors"] - phase["status_503"] - phase["status_504"]
-                    print(f"round {rnd + 1} {clients:>4} clients {arm:<17}{phase['throughput_rps']:7.1f} req/s  "
-                          f"p50 {phase['p50_ms']:7.1f}  p99 {phase['p99_ms']:7.1f} ms  503 {phase['status_503']:>4}  "
-                          f"504 {phase['status_504']}  other 5xx {other}  "
-                          f"batch {phase['mean_batch']:4.1f}  tried {phase['mean_levels_tried']:.2f}", flush=True)
+                    phases.append(measure(arm, clients, rnd + 1))
         if args.kill:
             deploy(cfg)
             asyncio.run(run_phase(url, samples, 32, args.warmup, counter))
@@ -322,10 +409,12 @@ def main(argv: list[str] | None = None) -> int:
               "samples": len(samples), "split": args.split,
               "model": {k: v for k, v in model_info(args.checkpoint).items() if k != "spec"},
               "serve": cfg.__dict__, "phases": phases, "kill": kill,
+              "saturation_sweep": sweep if args.saturation else None, "overload": overload_goals(phases, args.overload),
               "total": totals(phases), "served_accuracy": accuracy(phases)}
     for ph in phases:
         ph.pop("correct_by_sample")
     print(format_totals(report))
+    print(format_goals(report["overload"]))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2))

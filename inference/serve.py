@@ -9,8 +9,10 @@ once and compresses only the levels the cascade tries, in a small thread pool, a
 model through its deployment handle (no thread waits on a model call). ``Classifier`` holds the
 model on the GPU when its replica has one (``num_gpus``), else on the CPU, and batches concurrent
 requests per level (``LevelBatcher``: dynamic batching, forward passes in a worker thread so its
-event loop keeps queueing). The ingress admits ``max_inflight`` requests per replica and answers
-the rest 503 + Retry-After at once; it pings the model every ``PROBE_PERIOD_S`` and while the model
+event loop keeps queueing). The ingress admits requests by measured queueing delay
+(``admission.py``: when even the least-delayed request of an interval waited longer than
+``queue_delay_target_s``, it admits fewer at once, up to ``max_inflight``) and answers the rest
+503 + Retry-After before reading their bodies; it pings the model every ``PROBE_PERIOD_S`` and while the model
 cannot answer, ``/healthz`` and ``/v1/predict`` say 503 at once instead of waiting. Every error is
 ``{"error": reason, "status": code}``. Thresholds come from ``icpc calibrate``'s file and change at
 runtime through ``user_config``.
@@ -35,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from icpc import storage
 from icpc.contract import Spec
+from icpc.inference.admission import DelayAdmission, check_admission
 from icpc.inference.thresholds import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
 from icpc.inference.batcher import LevelBatcher
 from icpc.inference.cascade import run_cascade_async
@@ -43,8 +46,8 @@ from icpc.inference.http_input import RequestError, check_declared_length, read_
 
 APP_NAME = "icpc"
 # ServeConfig fields that reach the running replicas through user_config (no restart).
-RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "request_timeout_s", "batching", "max_batch_size",
-                  "batch_wait_timeout_s")
+RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "queue_delay_target_s", "queue_delay_interval_s",
+                  "request_timeout_s", "batching", "max_batch_size", "batch_wait_timeout_s")
 PROBE_PERIOD_S = 0.5     # each ingress replica pings the model this often (s)
 PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503
 RETRY_AFTER_S = 1        # Retry-After (s) of a 503: a client backs off about one probe cycle
@@ -79,8 +82,13 @@ class ServeConfig:
     decode_threads: int = 2                # threads per ingress replica that decode and compress requests
     max_body_bytes: int = 8_000_000        # larger bodies (and decoded payloads) get 413
     request_timeout_s: float = 30.0        # a request still running after this gets 504 (runtime: user_config)
-    max_inflight: int = 48                 # predict requests an ingress replica works on at once; more get 503 at
-                                           # once (runtime: user_config); ~ throughput x the latency you accept
+    max_inflight: int = 48                 # the most predict requests an ingress replica works on at once; more get
+                                           # 503 at once (runtime: user_config); the queueing-delay limit moves below it
+    queue_delay_target_s: float = 0.1      # latency budget (s) of waiting in queues: when even the least-delayed
+                                           # request of an interval waited longer, the replica admits fewer at once
+                                           # and sheds the rest (503); 0 = a fixed max_inflight (runtime)
+    queue_delay_interval_s: float = 0.25   # the window (s) whose least delay is compared with the target, and how
+                                           # often the admitted count moves; ~ a few forward passes (runtime)
     max_ongoing_requests: int = 256        # Serve's per-ingress-replica limit, far above max_inflight: a replica Serve
                                            # sees at capacity sends its router into probe-and-retry stalls
     max_queued_requests: int = 64          # requests Serve queues for the ingress at each proxy; more: Serve's 503
@@ -90,7 +98,7 @@ class ServeConfig:
     def validate(self) -> list[str]:
         errors = []
         for name in ("port", "max_batch_size", "max_concurrent_batches", "classifier_replicas", "threads",
-                     "ingress_replicas", "decode_threads", "max_body_bytes", "max_inflight", "max_ongoing_requests"):
+                     "ingress_replicas", "decode_threads", "max_body_bytes", "max_ongoing_requests"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}={getattr(self, name)}: must be positive")
         for name in ("classifier_cpus", "classifier_gpus", "ingress_cpus", "batch_wait_timeout_s",
@@ -100,6 +108,7 @@ class ServeConfig:
         for lo, hi in (("classifier_replicas", "classifier_max_replicas"), ("ingress_replicas", "ingress_max_replicas")):
             if 0 < getattr(self, hi) < getattr(self, lo):
                 errors.append(f"{hi}={getattr(self, hi)} is below {lo}={getattr(self, lo)}: raise it or set 0 (fixed)")
+        errors += check_admission(self.queue_delay_target_s, self.queue_delay_interval_s, self.max_inflight)
         if self.max_inflight >= self.max_ongoing_requests:
             errors.append(f"max_inflight={self.max_inflight} must be below max_ongoing_requests="
                           f"{self.max_ongoing_requests}, which leaves room for /healthz and the 503 answers")
@@ -157,6 +166,12 @@ async def awaited(response) -> Any:
     return await response
 
 
+def timed(fn, *args) -> tuple[Any, float]:
+    """``fn(*args)`` and the seconds it ran (in the thread that ran it: no wait for the thread counted)."""
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------- deployments
 # Serve ships these classes to the replicas by value: whatever they call must be defined above them.
 
@@ -198,25 +213,27 @@ class Classifier:
         self.batcher.max_batch_size = int(config.get("max_batch_size", 32))
         self.batcher.wait_s = float(config.get("batch_wait_timeout_s", 0.01))
 
-    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> np.ndarray:
-        """Probabilities ``(C,)`` of one input at ``level``."""
+    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> tuple[np.ndarray, float]:
+        """Probabilities ``(C,)`` of one input at ``level``, and the seconds of the forward pass that computed
+        them (its batch's): the ingress counts the rest of the call as queueing delay."""
         if not 0 <= level < len(self.spec.ladder):
             raise ValueError(f"level {level} is not in this model's ladder of {len(self.spec.ladder)} levels")
         if self.batching:
             return await self.batcher.submit(level, (tokens, positions))
         return (await self.run(level, [(tokens, positions)]))[0]
 
-    async def run(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    async def run(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, level, items)
 
-    def forward(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def forward(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
         t0 = time.perf_counter()
         with self.stream():
             probs = classify(self.model, self.spec, level, items, self.dtype)  # .cpu() waits for the GPU
-        self.forward_s += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.forward_s += seconds
         self.batches[level] += 1
         self.items[level] += len(items)
-        return probs
+        return [(p, seconds) for p in probs]
 
     def stream(self):
         """On a GPU, this forward thread's own CUDA stream: with max_concurrent_batches > 1 one batch's copies
@@ -307,18 +324,23 @@ class Cascade:
         self.pool = ThreadPoolExecutor(limits["decode_threads"], thread_name_prefix="decode")
         self.health = ModelHealth()
         self.probe: asyncio.Task | None = None
-        self.inflight = 0
+        self.admission = DelayAdmission(limits["queue_delay_target_s"], limits["queue_delay_interval_s"],
+                                        limits["max_inflight"], time.monotonic())
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: ``{"thresholds": [per level] or null (= the calibration file), "max_inflight": n,
-        "request_timeout_s": s}``."""
-        for name, kind in (("max_inflight", int), ("request_timeout_s", (int, float))):
-            value = config.get(name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                raise ValueError(f"user_config.{name}={value!r}: must be a positive number")
-            self.limits = {**self.limits, name: value}
+        "queue_delay_target_s": s, "queue_delay_interval_s": s, "request_timeout_s": s}``."""
+        value = config.get("request_timeout_s")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"user_config.request_timeout_s={value!r}: must be a positive number")
+            self.limits = {**self.limits, "request_timeout_s": value}
+        admission = {name: self.limits[name] if config.get(name) is None else config[name]
+                     for name in ("queue_delay_target_s", "queue_delay_interval_s", "max_inflight")}
+        if errors := check_admission(*admission.values()):
+            raise ValueError("user_config: " + "; ".join(errors))
+        self.admission.configure(*admission.values())
+        self.limits = {**self.limits, **admission}
         values = config.get("thresholds")
         if values is None:
             if self.file_thresholds is None:
@@ -358,7 +380,8 @@ class Cascade:
         await self.ensure_probe()
         if not self.health.ready:
             return error(503, f"not ready: {self.health.reason} (for {time.time() - self.health.since:.1f} s)")
-        return JSONResponse({"status": "ok", "model": self.health.describe(), "inflight": self.inflight})
+        return JSONResponse({"status": "ok", "model": self.health.describe(), "inflight": self.admission.inflight,
+                             "admission": dataclasses.asdict(self.admission.state())})
 
     @api.get("/livez")
     async def livez(self) -> dict[str, Any]:
@@ -374,7 +397,8 @@ class Cascade:
                 "thresholds": self.thresholds, "thresholds_source": self.source,
                 "order": active_order(self.thresholds), "strategy": self.model["strategy"],
                 "checkpoint": self.model["checkpoint"], "spec": self.model["spec"],
-                "limits": self.limits, "model": self.health.describe(), "pid": os.getpid()}
+                "limits": self.limits, "admission": dataclasses.asdict(self.admission.state()),
+                "model": self.health.describe(), "pid": os.getpid()}
 
     # --------------------------------------------------------------- the cascade
 
@@ -382,10 +406,10 @@ class Cascade:
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         timeout = self.limits["request_timeout_s"]
-        if self.inflight >= self.limits["max_inflight"]:
-            return error(503, f"at capacity: {self.inflight} requests in progress on this replica "
-                              f"(max_inflight={self.limits['max_inflight']}); retry after {RETRY_AFTER_S} s")
-        self.inflight += 1
+        # Shed before anything else, the body unread: a refusal costs a comparison and a small JSON.
+        if not self.admission.try_admit(time.monotonic()):
+            return error(503, f"{self.admission.reason()}; retry after {RETRY_AFTER_S} s")
+        queued = None   # this request's queueing delay (s), once measured
         try:
             await self.ensure_probe()
             if not self.health.ready:
@@ -394,43 +418,52 @@ class Cascade:
             payload = read_payload(body, request.headers.get("content-type"), self.spec.modality,
                                    self.limits["max_body_bytes"])
             answer = await asyncio.wait_for(self.run(payload, list(self.thresholds)), timeout)
+            queued = answer["timing_ms"]["queue"] / 1000
         except RequestError as exc:
             return error(exc.status, exc.reason)
         except ModelUnavailable as exc:
             return error(503, f"the model cannot answer now: {exc}; retry after {RETRY_AFTER_S} s")
         except (asyncio.TimeoutError, TimeoutError):
+            queued = timeout   # its wait is unknown but long: the detector must see it
             return error(504, f"the cascade took longer than request_timeout_s={timeout}")
         except Exception as exc:  # noqa: BLE001 - the documented JSON error, never a plain-text 500
             return error(500, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            self.inflight -= 1
+            self.admission.finish(time.monotonic(), queued)
         answer["latency_ms"] = 1000 * (time.perf_counter() - started)
         return JSONResponse(answer)
 
     async def run(self, payload: bytes, thresholds: list[float]) -> dict[str, Any]:
-        """The cascade for one payload: decode once, then per level tried compress it, classify it, decide."""
+        """The cascade for one payload: decode once, then per level tried compress it, classify it, decide.
+
+        ``timing_ms``: ``decode`` and ``compress`` (work in the decode threads), ``model`` (the model calls,
+        waits included), ``forward`` (the forward passes that computed it) and ``queue``: the rest of its time
+        here, i.e. its waits for a decode thread, for the model's batcher and on the event loop; admission
+        measures overload by this.
+        """
         loop = asyncio.get_running_loop()
-        timing = {"decode": 0.0, "compress": 0.0, "model": 0.0}
+        timing = {"decode": 0.0, "compress": 0.0, "model": 0.0, "forward": 0.0}
         tokens = []
         t0 = time.perf_counter()
-        decoded = await loop.run_in_executor(self.pool, self.decode, payload)
-        timing["decode"] = 1000 * (time.perf_counter() - t0)
+        decoded, timing["decode"] = await loop.run_in_executor(self.pool, timed, self.decode, payload)
 
         async def predict(level: int) -> np.ndarray:
-            t1 = time.perf_counter()
-            tok, pos = await loop.run_in_executor(self.pool, self.compress, decoded, level)
+            (tok, pos), seconds = await loop.run_in_executor(self.pool, timed, self.compress, decoded, level)
             t2 = time.perf_counter()
-            probs = await self.call_model(tok, pos, level)
-            timing["compress"] += 1000 * (t2 - t1)
-            timing["model"] += 1000 * (time.perf_counter() - t2)
+            probs, forward_s = await self.call_model(tok, pos, level)
+            timing["compress"] += seconds
+            timing["model"] += time.perf_counter() - t2
+            timing["forward"] += forward_s
             tokens.append(len(tok))
             return probs
 
         d = await run_cascade_async(predict, active_order(thresholds), thresholds)
+        work = timing["decode"] + timing["compress"] + timing["forward"]
+        timing["queue"] = max(0.0, time.perf_counter() - t0 - work)
         return {"label": d.label, "label_name": self.model["classes"][d.label], "score": d.score,
                 "level": d.level, "level_name": self.spec.ladder[d.level].name,
                 "levels_tried": d.levels_tried, "tokens": int(sum(tokens)),
-                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
+                "timing_ms": {k: round(1000 * v, 3) for k, v in timing.items()}}
 
     def decode(self, payload: bytes) -> Any:
         try:
@@ -447,8 +480,8 @@ class Cascade:
     def undecodable(self, exc: Exception) -> RequestError:
         return RequestError(422, f"cannot decode the {self.spec.modality} input: {type(exc).__name__}: {exc}")
 
-    async def call_model(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> np.ndarray:
-        """The Classifier's probabilities, or ModelUnavailable as soon as the model is known to be down."""
+    async def call_model(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> tuple[np.ndarray, float]:
+        """The Classifier's probabilities and forward seconds, or ModelUnavailable as soon as the model is known to be down."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -535,7 +568,8 @@ def build_app(args: dict[str, Any] | ServeConfig):
     # No calibration file is fine when user_config brings thresholds; reconfigure refuses otherwise.
     thresholds = load_thresholds(path, len(model["spec"]["ladder"])) if storage.exists(path) else None
     limits = {"max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
-              "max_inflight": cfg.max_inflight, "decode_threads": cfg.decode_threads}
+              "max_inflight": cfg.max_inflight, "queue_delay_target_s": cfg.queue_delay_target_s,
+              "queue_delay_interval_s": cfg.queue_delay_interval_s, "decode_threads": cfg.decode_threads}
     # Models with GPUs: the replica reserves them, so CUDA_VISIBLE_DEVICES shows it one and device=auto finds it.
     classifier = Classifier.options(
         **replicas(cfg.classifier_replicas, cfg.classifier_max_replicas, 2 * cfg.max_batch_size),
@@ -552,6 +586,7 @@ def build_app(args: dict[str, Any] | ServeConfig):
 
 def ingress_user_config(cfg: ServeConfig) -> dict[str, Any]:
     return {"thresholds": cfg.set_thresholds or None, "max_inflight": cfg.max_inflight,
+            "queue_delay_target_s": cfg.queue_delay_target_s, "queue_delay_interval_s": cfg.queue_delay_interval_s,
             "request_timeout_s": cfg.request_timeout_s}
 
 

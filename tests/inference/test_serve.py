@@ -1,5 +1,5 @@
 """The Serve cascade over real HTTP on 127.0.0.1: real test images, every bad request, runtime reconfigure,
-overload (503 at once), a killed model replica (readiness and fast 503s until Serve replaces it)."""
+overload (503 at once, shed by queueing delay), a killed model replica (readiness and fast 503s until Serve replaces it)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ def app(straight_run, ray_local, tmp_path_factory):
     (folder / "thresholds.json").write_text(json.dumps({"thresholds": THRESHOLDS}))
     cfg = ServeConfig(checkpoint=str(straight_run / "last.pt"), thresholds=str(folder / "thresholds.json"),
                       port=_free_port(), max_body_bytes=MAX_BODY, batch_wait_timeout_s=0.05, ingress_cpus=0.2,
-                      classifier_cpus=0.2)
+                      classifier_cpus=0.2, queue_delay_target_s=5.0)
+    # A 5 s queueing budget: on a loaded CI machine 16 concurrent requests wait over the 0.1 s default and
+    # would be shed; the overload tests set their own budget and max_inflight.
     url = start_serve(cfg)
 
     def redeploy(**changes):
@@ -164,7 +166,10 @@ def test_predict_raw_uploads_match_the_offline_cascade(client, images, offline):
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
         assert got["tokens"] == sum([49, 36, 25, 16, 9][lv] for lv in got["levels_tried"])
         assert got["level_name"] == ["side28", "side24", "side20", "side16", "side12"][got["level"]]
-        assert got["latency_ms"] > 0 and set(got["timing_ms"]) == {"decode", "compress", "model"}
+        timing = got["timing_ms"]
+        assert got["latency_ms"] > 0 and set(timing) == {"decode", "compress", "model", "forward", "queue"}
+        assert timing["forward"] <= timing["model"] + 1e-3   # the model call's wall time includes its forward pass
+        assert sum(timing[k] for k in ("decode", "compress", "forward", "queue")) <= got["latency_ms"] + 1e-3
         levels_seen.add(got["level"])
     assert levels_seen  # which levels answer depends on the model; all of them are checked above
 
@@ -287,6 +292,58 @@ def test_overload_is_answered_503_at_once_not_504(app, client, images):
         assert client.get("/v1/info").json()["pid"] == pid, "max_inflight is applied by reconfigure, not a restart"
     finally:
         deploy()
+    assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
+
+
+@pytest.mark.integration
+def test_sustained_overload_is_shed_by_queueing_delay_with_json_503s(app, client, images):
+    """64 clients posting back to back, ignoring Retry-After, against a 5 ms queueing budget and a ceiling of
+    200: the measured delay, not the count, sheds. Every answer is a 200 with a label or a JSON 503 with
+    Retry-After, the admitted count fell below the ceiling, and nothing waits past a generous bound."""
+    import asyncio
+
+    import aiohttp
+
+    url, _, deploy = app
+    pid = client.get("/v1/info").json()["pid"]
+    deploy(queue_delay_target_s=0.005, queue_delay_interval_s=0.05, max_inflight=200)
+
+    async def burst(seconds: float = 6.0, clients: int = 64) -> list[tuple[int, dict, dict, float]]:
+        out = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async def worker(i: int) -> None:
+                while loop.time() < end:
+                    t0 = loop.time()
+                    async with session.post("/v1/predict", data=images[i % len(images)],
+                                            headers={"Content-Type": "image/png"}) as r:
+                        out.append((r.status, await r.json(content_type=None), dict(r.headers), loop.time() - t0))
+                    i += 1
+            await asyncio.gather(*(worker(i) for i in range(clients)))
+        return out
+
+    try:
+        answers = asyncio.run(burst())
+        admission = client.get("/v1/info").json()["admission"]
+        assert client.get("/v1/info").json()["pid"] == pid, "the admission settings are applied by reconfigure"
+    finally:
+        deploy()
+    statuses = [status for status, *_ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) > 0, sorted(set(statuses))
+    shed = [(body, headers) for status, body, headers, _ in answers if status == 503]
+    assert shed, "64 clients with no back-off against a 5 ms budget must be shed"
+    for body, headers in shed:
+        assert body["status"] == 503 and headers["Retry-After"] == "1"
+        assert headers["Content-Type"] == "application/json"
+    reasons = [body["error"] for body, _ in shed]
+    assert any("queue_delay_target_s=0.005" in r for r in reasons), reasons[:3]
+    for status, body, _, _ in answers:
+        if status == 200:
+            assert 0 <= body["label"] < 10 and body["timing_ms"]["queue"] >= 0
+    assert max(seconds for *_, seconds in answers) < 60   # nothing queued until a timeout
+    assert admission["target_s"] == 0.005 and admission["ceiling"] == 200 and admission["shed"] >= len(shed)
+    assert admission["last_min_delay_s"] is not None
     assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
 
 
@@ -434,7 +491,8 @@ def test_cluster_configs_deploy_this_app(path, straight_run):
     build_app(cfg)  # builds (the checkpoint is read, the override checked) without a cluster
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {Cascade.name, Classifier.name}
-    assert set(deployments["Cascade"]["user_config"]) <= {"thresholds", "max_inflight", "request_timeout_s"}
+    assert set(deployments["Cascade"]["user_config"]) <= {"thresholds", "max_inflight", "request_timeout_s",
+                                                          "queue_delay_target_s", "queue_delay_interval_s"}
     assert set(deployments["Classifier"]["user_config"]) == {"batching", "max_batch_size", "batch_wait_timeout_s"}
     # backpressure and scaling: Serve's own 503 past the queue, autoscaling ranges, a GPU slot for the model
     ingress, model = deployments["Cascade"], deployments["Classifier"]

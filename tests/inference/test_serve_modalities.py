@@ -158,7 +158,7 @@ def test_raw_uploads_match_the_cascade_by_hand(modality, client, runs):
         assert {k: got[k] for k in ("label", "label_name", "level", "levels_tried", "tokens")} == \
                {k: want[k] for k in ("label", "label_name", "level", "levels_tried", "tokens")}
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
-        assert set(got["timing_ms"]) == {"decode", "compress", "model"} and got["latency_ms"] > 0
+        assert set(got["timing_ms"]) == {"decode", "compress", "model", "forward", "queue"} and got["latency_ms"] > 0
 
 
 @pytest.mark.parametrize("modality", list(CASES))
