@@ -59,6 +59,7 @@ ARMS = {  # name -> ServeConfig changes from the run's config (runtime fields on
     "fixed-count": {"queue_delay_target_s": 0.0, "max_inflight": 48},
     "queue-delay": {},
 }
+TIMING = ("decode", "compress", "model", "forward", "queue")   # the server's timing_ms of a request
 PROCESS_TITLES = {"proxy": "ray::ProxyActor", "ingress": "ServeReplica:icpc:Cascade",
                   "model": "ServeReplica:icpc:Classifier"}
 
@@ -165,8 +166,8 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     rejected = [r["ms"] for r in records if r["status"] == 503]
     json_503 = [r for r in records if r["status"] == 503 and r["json"]]
-    timing = {k: float(np.mean([r["timing"][k] for r in ok if r["timing"]])) if ok else float("nan")
-              for k in ("decode", "compress", "model")}
+    timing = {k: float(np.mean([r["timing"].get(k, np.nan) for r in ok if r["timing"]])) if ok else float("nan")
+              for k in TIMING}
     levels = [r["level"] for r in ok]
     return {
         "requests": len(records), "ok": len(ok), "errors": len(records) - len(ok), "statuses": statuses,
@@ -452,7 +453,7 @@ def totals(phases: list[dict]) -> dict[str, dict]:
             "status_503": sum(p["status_503"] for p in ph), "status_504": sum(p["status_504"] for p in ph),
             "non_json_errors": sum(p["non_json_errors"] for p in ph),
             "server_timing_ms": {k: float(np.median([p["server_timing_ms"][k] for p in ph]))
-                                 for k in ("decode", "compress", "model")},
+                                 for k in TIMING},
             "model_forward_ms_per_request": float(np.median([p["model_forward_ms_per_request"] for p in ph])),
             "cpu_ms_per_request": {k: float(np.median([p["cpu_ms_per_request"][k] for p in ph]))
                                    for k in ph[0]["cpu_ms_per_request"]},

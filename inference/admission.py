@@ -46,8 +46,8 @@ class DelayAdmission:
     within target in which the limit was reached, up to ``ceiling``. Arrivals over the limit are shed.
 
     ``target_s = 0`` turns the detector off: the limit is ``ceiling``, the fixed count of before.
-    The queueing delay of a request is measured by the caller: its time in the server minus the
-    work done for it (decode, compression, forward passes), i.e. its waits in queues and thread pools.
+    The queueing delay of a request is measured by the caller: its sojourn in the server's queues (the
+    decode thread pool's, the model's batcher's), i.e. the waits that admitting fewer would shorten.
     """
 
     def __init__(self, target_s: float, interval_s: float, ceiling: int, now: float):

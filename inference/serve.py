@@ -51,6 +51,7 @@ RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "queue_delay_target_s", "que
 PROBE_PERIOD_S = 0.5     # each ingress replica pings the model this often (s)
 PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503
 RETRY_AFTER_S = 1        # Retry-After (s) of a 503: a client backs off about one probe cycle
+DEPLOY_TIMEOUT_S = 300.0  # how long deploy() waits for the apps to run (replica start-up on a loaded machine)
 PROXY_GRACE_S = 5.0      # the proxy's timeout is the app's plus this, so the app's own JSON 504 comes first
 
 
@@ -166,10 +167,10 @@ async def awaited(response) -> Any:
     return await response
 
 
-def timed(fn, *args) -> tuple[Any, float]:
-    """``fn(*args)`` and the seconds it ran (in the thread that ran it: no wait for the thread counted)."""
+def timed(fn, *args) -> tuple[Any, float, float]:
+    """``fn(*args)``, when it started (``perf_counter``, in the thread that ran it) and the seconds it ran."""
     t0 = time.perf_counter()
-    return fn(*args), time.perf_counter() - t0
+    return fn(*args), t0, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- deployments
@@ -213,19 +214,24 @@ class Classifier:
         self.batcher.max_batch_size = int(config.get("max_batch_size", 32))
         self.batcher.wait_s = float(config.get("batch_wait_timeout_s", 0.01))
 
-    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> tuple[np.ndarray, float]:
-        """Probabilities ``(C,)`` of one input at ``level``, and the seconds of the forward pass that computed
-        them (its batch's): the ingress counts the rest of the call as queueing delay."""
+    async def predict(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> tuple[np.ndarray, float, float]:
+        """Probabilities ``(C,)`` of one input at ``level``; the seconds of the forward pass that computed them
+        (its batch's) and the seconds the input waited for it (in the level queue or for a forward thread):
+        the sojourn time that admission control measures."""
         if not 0 <= level < len(self.spec.ladder):
             raise ValueError(f"level {level} is not in this model's ladder of {len(self.spec.ladder)} levels")
+        arrived = time.perf_counter()
         if self.batching:
-            return await self.batcher.submit(level, (tokens, positions))
-        return (await self.run(level, [(tokens, positions)]))[0]
+            probs, seconds, started = await self.batcher.submit(level, (tokens, positions))
+        else:
+            probs, seconds, started = (await self.run(level, [(tokens, positions)]))[0]
+        return probs, seconds, max(0.0, started - arrived)
 
-    async def run(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
+    async def run(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float, float]]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, level, items)
 
-    def forward(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
+    def forward(self, level: int, items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float, float]]:
+        """Per item: probabilities, the batch's forward seconds, and when the batch started (perf_counter)."""
         t0 = time.perf_counter()
         with self.stream():
             probs = classify(self.model, self.spec, level, items, self.dtype)  # .cpu() waits for the GPU
@@ -233,7 +239,7 @@ class Classifier:
         self.forward_s += seconds
         self.batches[level] += 1
         self.items[level] += len(items)
-        return [(p, seconds) for p in probs]
+        return [(p, seconds, t0) for p in probs]
 
     def stream(self):
         """On a GPU, this forward thread's own CUDA stream: with max_concurrent_batches > 1 one batch's copies
@@ -437,29 +443,35 @@ class Cascade:
         """The cascade for one payload: decode once, then per level tried compress it, classify it, decide.
 
         ``timing_ms``: ``decode`` and ``compress`` (work in the decode threads), ``model`` (the model calls,
-        waits included), ``forward`` (the forward passes that computed it) and ``queue``: the rest of its time
-        here, i.e. its waits for a decode thread, for the model's batcher and on the event loop; admission
-        measures overload by this.
+        transport and waits included), ``forward`` (the forward passes that computed it) and ``queue``: its
+        sojourn in queues, i.e. its waits for a decode thread and in the model's batcher. Admission measures
+        overload by ``queue`` alone: a wait that fewer admitted requests would shorten (CPU taken by other
+        processes, or the transport of a handle call, would not be).
         """
         loop = asyncio.get_running_loop()
-        timing = {"decode": 0.0, "compress": 0.0, "model": 0.0, "forward": 0.0}
+        timing = {"decode": 0.0, "compress": 0.0, "model": 0.0, "forward": 0.0, "queue": 0.0}
         tokens = []
-        t0 = time.perf_counter()
-        decoded, timing["decode"] = await loop.run_in_executor(self.pool, timed, self.decode, payload)
+
+        async def in_pool(fn, *args):
+            submitted = time.perf_counter()
+            out, started, seconds = await loop.run_in_executor(self.pool, timed, fn, *args)
+            timing["queue"] += max(0.0, started - submitted)
+            return out, seconds
+
+        decoded, timing["decode"] = await in_pool(self.decode, payload)
 
         async def predict(level: int) -> np.ndarray:
-            (tok, pos), seconds = await loop.run_in_executor(self.pool, timed, self.compress, decoded, level)
+            (tok, pos), seconds = await in_pool(self.compress, decoded, level)
             t2 = time.perf_counter()
-            probs, forward_s = await self.call_model(tok, pos, level)
+            probs, forward_s, queued_s = await self.call_model(tok, pos, level)
             timing["compress"] += seconds
             timing["model"] += time.perf_counter() - t2
             timing["forward"] += forward_s
+            timing["queue"] += queued_s
             tokens.append(len(tok))
             return probs
 
         d = await run_cascade_async(predict, active_order(thresholds), thresholds)
-        work = timing["decode"] + timing["compress"] + timing["forward"]
-        timing["queue"] = max(0.0, time.perf_counter() - t0 - work)
         return {"label": d.label, "label_name": self.model["classes"][d.label], "score": d.score,
                 "level": d.level, "level_name": self.spec.ladder[d.level].name,
                 "levels_tried": d.levels_tried, "tokens": int(sum(tokens)),
@@ -480,8 +492,9 @@ class Cascade:
     def undecodable(self, exc: Exception) -> RequestError:
         return RequestError(422, f"cannot decode the {self.spec.modality} input: {type(exc).__name__}: {exc}")
 
-    async def call_model(self, tokens: np.ndarray, positions: np.ndarray, level: int) -> tuple[np.ndarray, float]:
-        """The Classifier's probabilities and forward seconds, or ModelUnavailable as soon as the model is known to be down."""
+    async def call_model(self, tokens: np.ndarray, positions: np.ndarray,
+                         level: int) -> tuple[np.ndarray, float, float]:
+        """The Classifier's probabilities, forward seconds and queued seconds, or ModelUnavailable as soon as the model is known to be down."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -623,7 +636,28 @@ def deploy(cfg: ServeConfig, *more: ServeConfig) -> None:
     cfg = cfgs[0]
     schema = ServeDeploySchema(applications=[app_config(c) for c in cfgs],
                                http_options=http_options(cfg))
-    _get_global_client().deploy_apps(schema, _blocking=True)
+    client = _get_global_client()
+    client.deploy_apps(schema, _blocking=False)
+    wait_running(client, {c.app_name for c in cfgs})
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
+
+
+def wait_running(client, names: set[str], timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
+    """Until every app in ``names`` is RUNNING; a failed deploy raises at once with Serve's message. Serve's own
+    blocking deploy gives up after 60 s, which replica start-up alone passes on a loaded 2-core machine."""
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = {s.name: s.app_status for s in client.list_serve_statuses() if s.name in names}
+        if len(status) == len(names) and all(s.status == ApplicationStatus.RUNNING for s in status.values()):
+            return
+        if failed := {n: s.message for n, s in status.items() if s.status == ApplicationStatus.DEPLOY_FAILED}:
+            raise RuntimeError(f"Serve could not deploy {sorted(failed)}: {failed}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve apps {sorted(names)} not RUNNING after {timeout_s:g} s: "
+                               f"{ {n: str(s.status) for n, s in status.items()} }")
+        time.sleep(0.2)
 
 
 def http_options(cfg: ServeConfig) -> dict[str, Any]:
