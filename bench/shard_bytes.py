@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/shard_bytes.py --data runs/demo-data --epochs 1
 
-Sizes come from Python's tarfile and the shards' own ``index.json`` (not the project's reader):
-bytes per sample = shard bytes / samples, and its ratio to the mean source file. Then one
-training epoch's batches (the trainer's plan for 2 ranks, batch 64) are read by the project's
-loader (``BatchDataset`` in this process, every rank's batches), which counts the bytes it
-fetched; read amplification = bytes fetched / bytes of the payloads of the levels drawn, the
-latter taken from the tarfile-read index.
+Sizes come from Python's tarfile (not the project's reader): bytes per sample = shard bytes /
+samples, split into level payloads (members ``KEY.lK.*``), label and JSON members, and tar headers
+and padding; and its ratio to the mean source file. Then one training epoch's batches (the
+trainer's plan for 2 ranks, batch 64) are read by the project's loader (``BatchDataset`` in this
+process, every rank's batches), which counts the bytes it fetched; read amplification = bytes
+fetched / bytes of the payloads of the levels drawn, the latter taken from tarfile's member sizes.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from icpc.training.data import BatchDataset, BatchRequest  # noqa: E402
 from icpc.training.train import epoch_plan  # noqa: E402
 
 
-def tar_sizes(path: Path) -> tuple[int, dict[str, int], dict]:
-    """(file bytes, member -> size, the shard's index.json) with tarfile only."""
+def tar_sizes(path: Path) -> tuple[int, dict[str, int]]:
+    """(file bytes, member -> size) with tarfile only."""
     with tarfile.open(path) as tf:
         members = {m.name: m.size for m in tf.getmembers()}
-        index = json.loads(tf.extractfile("index.json").read())
-    return path.stat().st_size, members, index
+    return path.stat().st_size, members
 
 
 def main() -> None:
@@ -49,25 +48,26 @@ def main() -> None:
     data = open_dataset(args.data)
     levels = len(data.spec.ladder)
 
+    fields = [lv["field"] for lv in manifest["layout"]["levels"]]
     total, samples, per_level = 0, 0, np.zeros(levels)
-    headers, index_bytes = 0, 0
-    payload = {}  # (shard name, row) -> [bytes per level], from tarfile + index.json
+    headers, label_meta = 0, 0
+    payload = {}  # (shard name, key) -> [bytes per level], from tarfile
     for shard in manifest["shards"]:
-        size, members, index = tar_sizes(root / shard["name"])
+        size, members = tar_sizes(root / shard["name"])
+        keys = list(dict.fromkeys(name.split(".", 1)[0] for name in members))
         total += size
-        samples += index["samples"]
-        for i, lv in enumerate(index["levels"]):
-            per_level[i] += sum(lv["size"])
+        samples += len(keys)
+        for key in keys:
+            payload[(shard["name"], key)] = [members[f"{key}.{f}"] for f in fields]
+            per_level += payload[(shard["name"], key)]
+            label_meta += members[f"{key}.cls"] + members[f"{key}.json"]
         headers += size - sum(members.values())
-        index_bytes += members["index.json"]
-        for j in range(index["samples"]):
-            payload[(shard["name"], j)] = [index["levels"][i]["size"][j] for i in range(levels)]
-    rows = data.read_index(["shard", "row", "source", "split"]).to_pylist()
+    rows = data.read_index(["shard", "key", "source", "split"]).to_pylist()
     source = np.mean([os.path.getsize(r["source"]) for r in rows])
     print(f"{samples} samples in {len(manifest['shards'])} shards: {total / samples:,.0f} bytes per sample "
-          f"(payloads {per_level.sum() / samples:,.0f}, per level {np.round(per_level / samples).astype(int).tolist()}; "
-          f"index.json {index_bytes / samples:,.0f}; tar headers and padding {headers / samples:,.0f}); mean source file {source:,.0f} bytes: "
-          f"{total / samples / source:.2f}x")
+          f"(payloads {per_level.sum() / samples:,.0f}, per level {np.round(per_level / samples).astype(int).tolist()} "
+          f"as {fields}; cls + json {label_meta / samples:,.0f}; tar headers and padding {headers / samples:,.0f}); "
+          f"mean source file {source:,.0f} bytes: {total / samples / source:.2f}x")
 
     table = data.table("train")
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -81,7 +81,7 @@ def main() -> None:
             for rank in range(args.world):
                 rws, w = plan.rank_rows(s, rank)
                 ds[BatchRequest(s, level, rws, w, len(plan.rows[s]))]
-                used += sum(payload[(train_rows[r]["shard"], train_rows[r]["row"])][level] for r in rws)
+                used += sum(payload[(train_rows[r]["shard"], train_rows[r]["key"])][level] for r in rws)
     fetched = ds.reader.io.bytes_read
     print(f"training epoch(s): fetched {fetched:,} bytes for {used:,} bytes of drawn-level payloads "
           f"(tarfile): read amplification {fetched / used:.3f}; {ds.reader.io.requests:,} range reads")

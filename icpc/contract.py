@@ -4,19 +4,24 @@ This is the one source of truth for what a compressed sample looks like on disk 
 positions mean. It imports only the standard library and numpy so that every part of the
 system (Ray workers, DDP trainers, Serve replicas, tests) can import it cheaply.
 
-A shard (layout ``level-major`` version 1) is a POSIX tar file whose members are, in order:
+A shard (schema 3, layout ``webdataset`` version 1) is a standard WebDataset tar: one sample is
+the members that share its key, so ``webdataset``, ``wids``, Ray Data and Energon see one record
+per input:
 
-    l0.tok       the level-0 payloads of every sample of the shard, back to back
-    l0.pos.npy   int32 (N0,) positions shared by every sample of level 0 (grid modalities only)
-    l1.tok ...   one group per level of the ladder
-    index.json   keys, labels and, per level, each sample's token count, byte offset (from the
-                 start of the shard file), byte count and CRC-32 of its payload
+    KEY.l0.png     level 0's payload, its codec named by the suffix (png, jpg, webp, npy, npy.zst)
+    KEY.l1.jpg ... one member per level of the ladder
+    KEY.cls        the label, a decimal integer
+    KEY.json       small metadata: key, label, label name, token count per level, compressor facts
 
-A payload is ``zlib(tokens.tobytes())``, tokens ``(N, *token_shape)`` of the spec's
-``token_dtype`` in C order; where positions differ per sample (text) the payload is
-``zlib(tokens.tobytes() + positions.astype(int32).tobytes())``. So reading one sample at one
-level is one range read of its payload, and a level's payloads are one contiguous range: a
-trainer reads only the level it uses, and the shard holds no per-sample tar header.
+A level's payload is one array (``LEVEL_VIEWS``): the level's pixels / frames / spectrogram cut
+back from its tokens (``blocks``: image ``(H, W, C)``, video ``(T, H, W, C)``, audio ``(mels,
+frames)``), the tokens themselves (``tokens``: modalities without a block geometry), or for text
+``(2, n)`` rows of token ids and their positions (``ids_positions``: positions that differ per
+sample travel with their tokens, in the same member, so one range read gets both). Positions that
+a level shares across samples (every grid modality) are stored once, in the manifest. The
+manifest's ``layout.levels`` names each level's field, codec and array shape; index.parquet gives
+every sample's byte offset, size and CRC-32 per level, so a trainer reads exactly one payload
+with one range read.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import hashlib
 import io
 import math
 import re
-import tarfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
@@ -35,24 +39,32 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- constants
 
-SCHEMA_VERSION = 2
-LAYOUT = {"name": "level-major", "version": 1, "codec": "zlib"}
+SCHEMA_VERSION = 3
+LAYOUT = {"name": "webdataset", "version": 1}
 STRATEGIES = ("consistent", "corner", "renumber", "interpolate")
 SPLITS = ("train", "val", "test")
 
-INDEX_MEMBER = "index.json"
+LABEL_FIELD = "cls"               # a sample's label member: the class index as decimal text
+META_FIELD = "json"               # a sample's metadata member
 TAR_BLOCK = 512
+TAR_NAME_MAX = 100                # bytes of a ustar member name: wids reads plain ustar names only
+# Codecs a level payload may use (the member suffix) and whether they are exact.
+CODECS = {"npy": "lossless", "npy.zst": "lossless", "png": "lossless", "jpg": "lossy", "webp": "lossy"}
+IMAGE_CODECS = ("png", "jpg", "webp")   # 8-bit pictures: a level's blocks as an (H, W, C) or (T*H, W, C) image
+LEVEL_VIEWS = ("blocks", "tokens", "ids_positions")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-def tokens_member(level: int) -> str:
-    """Tar member holding level ``level``'s payloads."""
-    return f"l{level}.tok"
+def level_field(level: int, codec: str) -> str:
+    """The field (member suffix after ``KEY.``) of level ``level``'s payload, e.g. ``l0.png``."""
+    if codec not in CODECS:
+        raise ValueError(f"codec {codec!r} is not one of {sorted(CODECS)}")
+    return f"l{level}.{codec}"
 
 
-def positions_member(level: int) -> str:
-    """Tar member holding level ``level``'s shared positions (grid modalities)."""
-    return f"l{level}.pos.npy"
+def member_name(key: str, field: str) -> str:
+    """A tar member's name: WebDataset groups members by the part before the first dot (the key)."""
+    return f"{key}.{field}"
 
 
 def sanitize_key(raw: str) -> str:
@@ -330,57 +342,59 @@ def epoch_permutation(n: int, seed: int, epoch: int, repeat: int = 0) -> np.ndar
     return np.random.default_rng([seed, epoch, repeat]).permutation(n)
 
 
-# ----------------------------------------------------------------------------- shard layout
+# ----------------------------------------------------------------------------- level payloads
 
 
-def encode_payload(tokens: np.ndarray, positions: np.ndarray | None = None, level: int = 6) -> bytes:
-    """One sample at one level: ``zlib(tokens [+ int32 positions])`` (positions only where not shared)."""
-    raw = np.ascontiguousarray(tokens).tobytes()
-    if positions is not None:
-        raw += np.ascontiguousarray(positions, dtype=np.int32).tobytes()
-    return zlib.compress(raw, level)
+def block_geometry(spec: Spec) -> tuple[tuple[int, ...], int | None] | None:
+    """(block shape per grid axis, channels or None) when a token is a block of the level's array.
 
-
-def decode_payload(data: bytes, n_tokens: int, dtype: np.dtype, token_shape: tuple[int, ...],
-                   shared_positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``encode_payload``: (tokens ``(n, *token_shape)``, positions int32 ``(n,)``).
-
-    Raises ValueError when the bytes are not a whole payload of that many tokens (zlib checks its
-    own Adler-32; the length is checked here).
+    Image tokens are ``p x p x C`` patches, video tokens ``t x p x p x C`` tubelets, audio tokens
+    ``pf x pt`` spectrogram patches (no channel axis): a level's tokens are then its array cut into
+    blocks, row-major over the grid, and can be stored as that array (a picture a codec compresses).
+    None when the tokenization names no such geometry (text, plugins without ``patch``/``tubelet``).
     """
-    try:
-        raw = zlib.decompress(data)
-    except zlib.error as exc:
-        raise ValueError(f"payload does not decompress ({exc})") from None
-    token_bytes = n_tokens * int(np.prod(token_shape, dtype=np.int64)) * dtype.itemsize
-    expected = token_bytes + (0 if shared_positions is not None else 4 * n_tokens)
-    if len(raw) != expected:
-        raise ValueError(f"payload holds {len(raw)} bytes, {expected} expected for {n_tokens} tokens")
-    tokens = np.frombuffer(raw, dtype=dtype, count=n_tokens * int(np.prod(token_shape, dtype=np.int64)))
-    tokens = tokens.reshape((n_tokens, *token_shape))
-    if shared_positions is not None:
-        return tokens, shared_positions
-    return tokens, np.frombuffer(raw, dtype=np.int32, offset=token_bytes)
+    tok = spec.tokenization
+    patch = tok.get("tubelet", tok.get("patch"))
+    if patch is None or not spec.token_shape:
+        return None
+    block = tuple(int(n) for n in (patch if isinstance(patch, (list, tuple)) else [patch] * len(spec.reference_grid)))
+    channels = int(tok["channels"]) if "channels" in tok else None
+    if len(block) != len(spec.reference_grid) or math.prod(block) * (channels or 1) != math.prod(spec.token_shape):
+        return None
+    return block, channels
+
+
+def blocks_shape(grid: Sequence[int], block: Sequence[int], channels: int | None) -> tuple[int, ...]:
+    """Shape of the array a level's blocks tile: ``(g0*b0, g1*b1, ..., [C])``."""
+    return tuple(g * b for g, b in zip(grid, block)) + ((channels,) if channels else ())
+
+
+def tokens_to_blocks(tokens: np.ndarray, grid: Sequence[int], block: Sequence[int], channels: int | None) -> np.ndarray:
+    """``(prod(grid), prod(block)*C)`` tokens -> the array they tile (inverse of ``blocks_to_tokens``)."""
+    n, c = len(grid), channels or 1
+    x = tokens.reshape(*grid, *block, c)
+    order = [k for i in range(n) for k in (i, n + i)] + [2 * n]   # (g0, b0, g1, b1, ..., C)
+    return x.transpose(order).reshape(blocks_shape(grid, block, channels))
+
+
+def blocks_to_tokens(array: np.ndarray, grid: Sequence[int], block: Sequence[int], channels: int | None) -> np.ndarray:
+    """An array of shape ``blocks_shape(...)`` -> ``(prod(grid), prod(block)*C)`` tokens, row-major over
+    the grid, each block's values in (block axes..., channel) order (as every modality patchifies)."""
+    n, c = len(grid), channels or 1
+    x = array.reshape(*(v for g, b in zip(grid, block) for v in (g, b)), c)
+    order = [2 * i for i in range(n)] + [2 * i + 1 for i in range(n)] + [2 * n]
+    return x.transpose(order).reshape(math.prod(grid), math.prod(block) * c)
+
+
+def ids_dtype(spec: Spec) -> np.dtype:
+    """Packed dtype of text ids and positions: uint16 when the vocabulary and the reference grid fit."""
+    largest = max(int(spec.tokenization.get("vocab_size", 1 << 31)), spec.reference_cells)
+    return np.dtype("<u2") if largest <= 1 << 16 else np.dtype("<i4")
 
 
 def payload_crc(data: bytes) -> int:
     """CRC-32 of a stored payload (checked by readers before decoding)."""
     return zlib.crc32(data) & 0xFFFFFFFF
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """A deterministic ustar header (mtime 0, root, mode 644) for a member of ``size`` bytes."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
-
-
-def tar_padding(size: int) -> bytes:
-    """Zero bytes that round a member's data up to a whole tar block."""
-    return b"\0" * (-size % TAR_BLOCK)
-
-
-TAR_END = b"\0" * (2 * TAR_BLOCK)
 
 
 # ----------------------------------------------------------------------------- encode / decode

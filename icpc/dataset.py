@@ -7,7 +7,7 @@ pipeline's writer (``icpc.pipeline.writer``) is the other side of the same contr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -32,10 +32,12 @@ def read_manifest(folder: str) -> dict[str, Any]:
         cfg = manifest.get("config", {})
         rebuild = (f"icpc compress --modality {manifest.get('modality', cfg.get('modality', 'MODALITY'))} "
                    f"--input {cfg.get('input') or 'INPUT'} --output {folder} --overwrite")
-        old = (" (one WebDataset member per sample and level, which makes a trainer read every level)"
-               if found == 1 else "")
+        old = {1: " (one WebDataset member per sample and level, which makes a trainer read every level)",
+               2: " (level-major shards: one tar member per level holding every sample of the shard, which "
+                  "WebDataset tools read as one record per level)"}.get(found, "")
         raise ValueError(f"{path}: dataset schema version {found}{old}, but this ICPC reads version "
-                         f"{SCHEMA_VERSION} ({LAYOUT['name']} shards); rebuild it with:\n  {rebuild}")
+                         f"{SCHEMA_VERSION} ({LAYOUT['name']} shards: one record per sample); rebuild it with:\n"
+                         f"  {rebuild}")
     return manifest
 
 
@@ -75,6 +77,8 @@ class SampleTable:
     shard_locations: list[str]
     shard_bytes: list[int]
     index_location: str = ""
+    layout: list[dict[str, Any]] = field(default_factory=list)   # the manifest's layout.levels: codec per level
+    shared_positions: dict[int, np.ndarray] = field(default_factory=dict)   # per level, where samples share them
 
     def __len__(self) -> int:
         return len(self.key_hash)
@@ -160,7 +164,7 @@ class Dataset:
             t["label"].to_numpy().astype(np.int64), stack("tokens", np.int32), stack("offset", np.int64),
             stack("size", np.int32), stack("crc32", np.uint32),
             [storage.join(self.location, s["name"]) for s in entries], [int(s["bytes"]) for s in entries],
-            self.index_location)
+            self.index_location, list(self.manifest["layout"]["levels"]), self.shared_positions)
 
 
 def open_dataset(location: str) -> Dataset:
@@ -168,12 +172,39 @@ def open_dataset(location: str) -> Dataset:
     return Dataset(location, read_manifest(location))
 
 
+def shard_tables(shards: Sequence[str]) -> list[tuple[SampleTable, np.ndarray]]:
+    """For each of ``shards`` (locations of one dataset's shards, as ``Dataset.shards`` gives them:
+    ``DATASET/v-ID/NAME.tar``), its split's table and the rows of that shard in it (index order).
+    The dataset is the nearest folder above the first shard whose manifest lists it."""
+    if not shards:
+        return []
+    folder, data = storage.parent(shards[0]), None
+    for _ in range(2):
+        if storage.exists(storage.join(folder, MANIFEST_FILE)):
+            data = open_dataset(folder)
+            if any(storage.join(folder, s["name"]) == shards[0] for s in data.manifest["shards"]):
+                break
+        folder, data = storage.parent(folder), None
+    if data is None:
+        raise ValueError(f"{shards[0]} is not a shard listed by a manifest.json one or two folders above it")
+    split_of = {storage.join(folder, s["name"]): s["split"] for s in data.manifest["shards"]}
+    tables: dict[str, SampleTable] = {}
+    out = []
+    for location in shards:
+        if location not in split_of:
+            raise ValueError(f"{location} is not a shard of the dataset {folder}")
+        split = split_of[location]
+        table = tables.setdefault(split, data.table(split))
+        out.append((table, np.flatnonzero(table.shard == table.shard_locations.index(location))))
+    return out
+
+
 class SampleReader:
     """Reads samples of a ``SampleTable`` at chosen levels: one range read per payload, never a whole shard.
 
     Checks, and counts instead of failing: a shard whose size differs from the manifest (truncated
-    or replaced) is skipped whole, without reading it; a payload whose CRC-32, zlib stream or length
-    is wrong is skipped. ``skipped`` maps each reason to a count. Payloads closer than
+    or replaced) is skipped whole, without reading it; a payload whose CRC-32, codec stream or shape
+    is wrong is skipped. Payloads decode with the codec the manifest names for their level. ``skipped`` maps each reason to a count. Payloads closer than
     ``merge_gap`` bytes in one shard are fetched in one request (fewer GETs on an object store at
     the price of reading the gap). Used in one process (a DataLoader worker) at a time.
     """
@@ -221,15 +252,16 @@ class SampleReader:
         return out
 
     def _decode(self, data: bytes, row: int, level: int) -> tuple[np.ndarray, np.ndarray] | None:
-        from icpc.contract import decode_payload, payload_crc
+        from icpc.codecs import decode_level
+        from icpc.contract import payload_crc
 
         t = self.table
         if len(data) != t.size[row, level] or payload_crc(data) != t.crc32[row, level]:
             self._skip("payload CRC-32 differs from the index (corrupt bytes)")
             return None
         try:
-            return decode_payload(data, int(t.tokens[row, level]), self.spec.token_dtype, self.spec.token_shape,
-                                  self.shared.get(level))
+            return decode_level(data, self.spec, level, t.layout[level], int(t.tokens[row, level]),
+                                self.shared.get(level))
         except ValueError:
             self._skip("payload does not decode")
             return None

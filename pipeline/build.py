@@ -48,6 +48,7 @@ class ShardTask:
     sample_timeout_s: float         # s per sample to decode and compress
     isolate: bool = False           # compress each sample in a child process (a retry after the task died)
     reuse: bool = False             # keep a sealed shard with the same plan (a resumed run)
+    levels: list[dict[str, Any]] | None = None  # the manifest's layout.levels (codec per level); None = the default
 
 
 def read_input(record: dict[str, Any], max_bytes: int) -> bytes:
@@ -151,7 +152,7 @@ def build(task: ShardTask, spec_json: dict[str, Any], timing: dict[str, float]) 
     timing.update(read=0.0, compress=0.0, write=0.0)
     spec = Spec.from_json(spec_json)
     modality = get_modality(spec.modality)
-    builder, rejects = ShardBuilder(spec, modality.shared_positions), []
+    builder, rejects = ShardBuilder(spec, modality.shared_positions, task.levels), []
     sandbox = Sandbox(spec_json, task.sample_timeout_s) if task.isolate else None
     armed = not task.isolate and _arm_alarm()
     try:

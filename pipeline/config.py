@@ -46,6 +46,13 @@ class CompressSettings:
                                       # process, so an input that crashes or hangs its decoder becomes a reject)
     max_in_flight: int = 0            # shard tasks submitted at once; 0 = 2 per CPU slot of the cluster (bounds driver memory)
     list_threads: int = 16            # class folders (prefixes) listed at once; CSV rows looked up at once
+    codecs: str = "auto"              # payload codec per level (the member suffix, named in the manifest): auto = the
+                                      # modality's default (pixels: png below lossy_min_side, jpg from it up; spectrograms
+                                      # and float tokens: npy.zst; text: npy of uint16 ids and positions); or one of npy,
+                                      # npy.zst, png, jpg, webp for every level; or one per level: "jpg,jpg,png,png,png"
+    codec_quality: int = 90           # quality (1-100) of the lossy codecs (jpg, webp)
+    lossy_min_side: int = 64          # px: auto stores pixel levels at least this wide as jpg, smaller ones as png (0 =
+                                      # never lossy)
 
     def validate(self) -> list[str]:
         errors = []
@@ -67,9 +74,28 @@ class CompressSettings:
         if not 0 <= self.max_reject_fraction <= 1:
             errors.append(f"max_reject_fraction={self.max_reject_fraction}: must be in [0, 1] "
                           f"(1 accepts any number of rejects)")
+        if not 1 <= self.codec_quality <= 100 or self.lossy_min_side < 0:
+            errors.append(f"codec_quality={self.codec_quality}, lossy_min_side={self.lossy_min_side}: quality must be "
+                          f"1-100 and the side >= 0 (0 = no lossy level)")
         if self.modality in modalities and hasattr(self, self.modality):
-            errors += getattr(self, self.modality).validate()
+            section_errors = getattr(self, self.modality).validate()
+            errors += section_errors
+            if not section_errors:
+                errors += self._codec_errors(modalities[self.modality])
         return errors
+
+    def _codec_errors(self, modality) -> list[str]:
+        """``codecs`` checked against the modality's tokens (an image codec on spectrograms, a wrong count)."""
+        from icpc.codecs import plan_levels
+
+        if modality.prepare is not None:
+            return []   # the spec needs the corpus pass (text): checked when the job starts
+        try:
+            spec = modality.build_spec(self.settings)
+            plan_levels(spec, modality.shared_positions, self.codecs, self.codec_quality, self.lossy_min_side)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
 
     @property
     def cpus_per_task(self) -> float:

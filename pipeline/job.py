@@ -10,7 +10,7 @@ process, so a poison input becomes a reject), fails when a stage rejects too man
 the end streams the parts into index.parquet and rejects.parquet and writes the manifest last.
 Folder layout, resume and overwrite: ``runs.py``.
 
-Why not Ray Data's writers: a shard is a level-major tar whose offsets, sha256 and index rows must
+Why not Ray Data's writers: a shard is a WebDataset tar whose payload offsets, sha256 and index rows must
 reach the manifest, its contents must be a fixed slice of the listing (resume, byte-identical
 re-runs), a sealed shard must be skipped, and a retry must change how its samples run; Ray Data
 cuts blocks itself, retries them unchanged and writes one file per block.
@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icpc import storage
+from icpc.codecs import plan_levels
 from icpc.config import to_dict
 from icpc.contract import SPLITS, Spec
 from icpc.dataset import INDEX_FILE, MANIFEST_FILE, REJECTS_FILE
@@ -43,7 +44,7 @@ from icpc.pipeline.config import RUN_FIELDS, CompressConfig
 from icpc.pipeline.modalities import get_modality, plugin_env
 from icpc.pipeline.scan import LISTING_SCHEMA, RecordView, Reject, order_listing, records_table, shard_plan
 from icpc.pipeline.writer import (REJECTS_SCHEMA, ShardInfo, index_schema, meta_types, parquet_stream,
-                                  write_manifest, write_parquet)
+                                  write_manifest, write_parquet, write_wids_indexes)
 from icpc.progress import Progress
 
 # Environment a cluster's workers need to reach the same object store as the driver (endpoints and
@@ -267,6 +268,12 @@ def _split_rows(listing: pa.Table, split: str) -> pa.Table:
     return listing.filter(pc.equal(listing.column("split"), split))
 
 
+def level_layout(cfg: CompressConfig, spec: Spec) -> list[dict[str, Any]]:
+    """The codec of every level (the manifest's ``layout.levels``) from the config."""
+    return plan_levels(spec, get_modality(cfg.modality).shared_positions, cfg.codecs, cfg.codec_quality,
+                       cfg.lossy_min_side)
+
+
 def spec_digest(spec_json: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
 
@@ -311,7 +318,8 @@ def execute(cfg: CompressConfig, out: str, version: str, listing: pa.Table, plan
     import ray
 
     spec_json = spec.to_json()
-    spec_sha, spec_ref = spec_digest(spec_json), ray.put(spec_json)
+    levels = level_layout(cfg, spec)
+    spec_sha, spec_ref = spec_digest({**spec_json, "layout_levels": levels}), ray.put(spec_json)
     ex = Executor(cfg, actors)
     queue = collections.deque((i, 0) for i in range(len(plan)))
     outcomes: list[dict[str, Any]] = [{}] * len(plan)
@@ -325,7 +333,7 @@ def execute(cfg: CompressConfig, out: str, version: str, listing: pa.Table, plan
         # a retry first looks for the part of the attempt that died: it may have sealed the shard already
         return ShardTask(out, f"{version}/{name}", split, listing.slice(start, n).to_pylist(),
                          runs.part_location(out, version, name), spec_sha, cfg.max_input_bytes, cfg.sample_timeout_s,
-                         isolate=attempt > 0, reuse=cfg.resume or attempt > 0)
+                         isolate=attempt > 0, reuse=cfg.resume or attempt > 0, levels=levels)
 
     try:
         while queue or ex.pending:
@@ -405,11 +413,14 @@ def finish(cfg: CompressConfig, out: str, version: str, spec: Spec, classes: lis
     """Write the index and rejects tables, then the manifest (the switch), then clean up; (shards, counts, summary)."""
     levels = len(spec.ladder)
     by_stage = write_tables(out, version, plan, levels, scan_rejects)
-    shards = [ShardInfo(e["name"], e["split"], e["samples"], e["bytes"], e["sha256"], e["members"], [],
+    layout = level_layout(cfg, spec)
+    shards = [ShardInfo(e["name"], e["split"], e["samples"], e["bytes"], e["sha256"], layout, [],
                         o["shared_positions"]) for o in outcomes if (e := o["entry"]) is not None]
     counts = {s: sum(sh.samples for sh in shards if sh.split == s) for s in SPLITS}
+    wids = write_wids_indexes(out, version, shards)
     write_manifest(out, spec, cfg.seed, to_dict(cfg), classes, shards, counts,
-                   {"version": version, "index": f"{version}/{INDEX_FILE}", "rejects": f"{version}/{REJECTS_FILE}"})
+                   {"version": version, "index": f"{version}/{INDEX_FILE}", "rejects": f"{version}/{REJECTS_FILE}",
+                    "wids": wids})
     runs.collect_garbage(out, version, replaced)
     stats = [o["stats"] for o in outcomes]
     samples = sum(s["samples"] for s in stats)

@@ -1,9 +1,11 @@
-"""The writer side of a dataset: level-major shards (``icpc.contract``'s layout), index rows, the manifest.
+"""The writer side of a dataset: schema 3 WebDataset shards (``icpc.contract``), index rows, the manifest.
 
-A shard is built in memory (``ShardBuilder``), then written in one pass through the storage
-layer, atomically (a temp name then a rename, or one completed upload), hashing as it goes:
-whoever writes a shard (a Ray worker) knows its byte count and sha256 and reports them with the
-shard's index rows; the driver only collects that metadata.
+A shard is built in memory (``ShardBuilder``: every sample's level payloads encoded by the
+level's codec as it is added), then written in one pass by webdataset's ``TarWriter`` through the
+storage layer, atomically (a temp name then a rename, or one completed upload), hashing as it
+goes: whoever writes a shard (a Ray worker) knows its byte count and sha256 and reports them with
+the shard's index rows (each payload's offset, size and CRC-32); the driver only collects that
+metadata.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icpc import storage
-from icpc.contract import (INDEX_MEMBER, LAYOUT, SCHEMA_VERSION, TAR_BLOCK, TAR_END, Spec, encode_npy,
-                           encode_payload, key_hash, payload_crc, positions_member, tar_header, tar_padding,
-                           tokens_member)
+from icpc.codecs import encode_level, plan_levels
+from icpc.contract import (LABEL_FIELD, LAYOUT, META_FIELD, SCHEMA_VERSION, TAR_BLOCK, TAR_NAME_MAX, Spec, key_hash,
+                           payload_crc)
 from icpc.dataset import MANIFEST_FILE
 
 REJECTS_SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), ("stage", pa.string()),
                             ("error", pa.string())])
+TAR_MTIME = 0             # every member's mtime: a re-run writes byte-identical shards
 
 
 @dataclass
@@ -38,27 +41,51 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
-    members: dict[str, list[int]]               # member name -> [data offset, size] in the shard file
+    levels: list[dict[str, Any]]                # the manifest's layout.levels the shard was written with
     rows: list[dict[str, Any]] = field(default_factory=list)
     shared_positions: dict[int, list[int]] = field(default_factory=dict)
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256, "members": self.members}
+                "sha256": self.sha256}
+
+
+class _HashingWriter:
+    """A write-only file that passes bytes on and keeps their count and sha256."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.written = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.sha.update(data)
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
 
 
 class ShardBuilder:
     """Collect one shard's samples, then write it (``write``).
 
     ``shared_positions``: every sample of a level has the same positions (grid modalities); they
-    are stored once per level (``lK.pos.npy``) and checked against every sample.
+    go once into the manifest and are checked against every sample. ``levels``: the manifest's
+    ``layout.levels`` (codec per level, ``icpc.codecs.plan_levels``); None = the modality's default.
     """
 
-    def __init__(self, spec: Spec, shared_positions: bool):
+    def __init__(self, spec: Spec, shared_positions: bool, levels: list[dict[str, Any]] | None = None):
         self.spec, self.shared = spec, shared_positions
+        self.layout = levels if levels is not None else plan_levels(spec, shared_positions)
         self.levels = len(spec.ladder)
-        self.payloads: list[list[bytes]] = [[] for _ in range(self.levels)]
-        self.tokens: list[list[int]] = [[] for _ in range(self.levels)]
+        if len(self.layout) != self.levels:
+            raise ValueError(f"{len(self.layout)} level codecs for a ladder of {self.levels} levels")
+        self.longest_field = max([len(e["field"]) for e in self.layout] + [len(LABEL_FIELD), len(META_FIELD)])
+        self.members: list[list[tuple[str, bytes]]] = []     # per sample: (field, bytes) in write order
+        self.tokens: list[list[int]] = []
         self.positions: list[np.ndarray | None] = [None] * self.levels
         self.rows: list[dict[str, Any]] = []
 
@@ -66,84 +93,80 @@ class ShardBuilder:
         return len(self.rows)
 
     def add(self, record: Mapping[str, Any], levels: list[tuple[np.ndarray, np.ndarray]], meta: Mapping[str, Any]) -> None:
-        """One compressed sample: ``record`` (key, source, split, label, label_name), every level, compressor meta."""
+        """One compressed sample: ``record`` (key, source, split, label, label_name), every level, compressor meta.
+
+        Raises ValueError (the sample becomes a reject) when it cannot be stored as it is.
+        """
+        key = record["key"]
+        if len(key) + 1 + self.longest_field > TAR_NAME_MAX:
+            raise ValueError(f"sample key {key!r} has {len(key)} characters; a schema 3 tar member name "
+                             f"'KEY.{self.layout[0]['field']}' holds at most {TAR_NAME_MAX} bytes (ustar, as wids "
+                             f"reads it): shorten the input's path")
         if len(levels) != self.levels:
-            raise ValueError(f"{record['key']}: {len(levels)} levels compressed, the ladder has {self.levels}")
+            raise ValueError(f"{key}: {len(levels)} levels compressed, the ladder has {self.levels}")
         dtype = self.spec.token_dtype
+        payloads, counts = [], []
         for i, (tokens, positions) in enumerate(levels):
             if len(tokens) != len(positions):
-                raise ValueError(f"{record['key']} level {i}: {len(tokens)} tokens but {len(positions)} positions")
+                raise ValueError(f"{key} level {i}: {len(tokens)} tokens but {len(positions)} positions")
             tokens = np.asarray(tokens)
             if tokens.dtype != dtype or tokens.shape[1:] != self.spec.token_shape:
-                raise ValueError(f"{record['key']} level {i}: tokens {tokens.dtype}{tokens.shape[1:]} but the spec "
+                raise ValueError(f"{key} level {i}: tokens {tokens.dtype}{tokens.shape[1:]} but the spec "
                                  f"says {dtype}{self.spec.token_shape}")
             positions = np.asarray(positions, dtype=np.int32)
             if self.shared:
                 if self.positions[i] is None:
                     self.positions[i] = positions
                 elif not np.array_equal(self.positions[i], positions):
-                    raise AssertionError(f"{record['key']} level {i}: positions differ from the level's shared ones; "
+                    raise AssertionError(f"{key} level {i}: positions differ from the level's shared ones; "
                                          f"the modality must not declare shared_positions")
-            self.payloads[i].append(encode_payload(tokens, None if self.shared else positions))
-            self.tokens[i].append(len(tokens))
-        self.rows.append({"key": record["key"], "source": record["source"], "split": record["split"],
-                          "label": int(record["label"]), "label_name": record["label_name"], **dict(meta)})
+            payloads.append((self.layout[i]["field"], encode_level(tokens, positions, self.spec, i, self.layout[i])))
+            counts.append(len(tokens))
+        row = {"key": key, "source": record["source"], "split": record["split"],
+               "label": int(record["label"]), "label_name": record["label_name"], **dict(meta)}
+        sidecar = {"key": key, "label": row["label"], "label_name": row["label_name"], "tokens": counts, **dict(meta)}
+        payloads += [(LABEL_FIELD, str(row["label"]).encode()),
+                     (META_FIELD, json.dumps(sidecar, separators=(",", ":"), default=_json_scalar).encode())]
+        self.members.append(payloads)
+        self.tokens.append(counts)
+        self.rows.append(row)
 
     def write(self, location: str, name: str, split: str) -> ShardInfo:
         """Write the shard to ``location`` atomically; ``name`` is its path relative to the dataset root."""
-        members: list[tuple[str, list[bytes]]] = []
-        for i in range(self.levels):
-            members.append((tokens_member(i), self.payloads[i]))
-            if self.shared and self.positions[i] is not None:
-                members.append((positions_member(i), [encode_npy(self.positions[i])]))
-        offsets, layout, pos = {}, {}, 0
-        for member, parts in members:
-            size = sum(len(p) for p in parts)
-            layout[member] = [pos + TAR_BLOCK, size]
-            starts = np.cumsum([0] + [len(p) for p in parts[:-1]]) + pos + TAR_BLOCK
-            offsets[member] = starts.tolist()
-            pos += TAR_BLOCK + size + (-size % TAR_BLOCK)
-        index = self._index()
-        index_bytes = json.dumps(index, separators=(",", ":")).encode()
-        layout[INDEX_MEMBER] = [pos + TAR_BLOCK, len(index_bytes)]
-        sha, written = hashlib.sha256(), 0
-        with storage.atomic_write(location) as f:
-            for member, parts in [*members, (INDEX_MEMBER, [index_bytes])]:
-                size = sum(len(p) for p in parts)
-                for chunk in (tar_header(member, size), *parts, tar_padding(size)):
-                    f.write(chunk)
-                    sha.update(chunk)
-                    written += len(chunk)
-            f.write(TAR_END)
-            sha.update(TAR_END)
-            written += len(TAR_END)
-        rows = []
-        for j, row in enumerate(self.rows):
-            out = {"key": row["key"], "key_hash": key_hash(row["key"]), "shard": name, "row": j, **row}
-            out["bytes"] = 0
-            for i in range(self.levels):
-                level = index["levels"][i]
-                out[f"tokens_l{i}"] = level["tokens"][j]
-                out[f"offset_l{i}"] = offsets[tokens_member(i)][j]
-                out[f"size_l{i}"] = level["size"][j]
-                out[f"crc32_l{i}"] = level["crc32"][j]
-                out["bytes"] += level["size"][j]
-            rows.append(out)
-        shared = {i: p.tolist() for i, p in enumerate(self.positions) if self.shared and p is not None}
-        return ShardInfo(name, split, len(self.rows), written, sha.hexdigest(), layout, rows, shared)
+        from webdataset import TarWriter
 
-    def _index(self) -> dict[str, Any]:
-        """The shard's own index (its last member): enough to read it without index.parquet. A level's
-        payloads lie back to back from the start of its member, so sizes give the offsets."""
-        return {
-            "layout": LAYOUT, "samples": len(self.rows), "keys": [r["key"] for r in self.rows],
-            "labels": [r["label"] for r in self.rows],
-            "levels": [{"member": tokens_member(i), "tokens": self.tokens[i],
-                        "size": [len(p) for p in self.payloads[i]],
-                        "crc32": [payload_crc(p) for p in self.payloads[i]],
-                        "positions": positions_member(i) if self.shared else None}
-                       for i in range(self.levels)],
-        }
+        rows = []
+        with storage.atomic_write(location) as f:
+            out = _HashingWriter(f)
+            writer = TarWriter(out, encoder=False, mtime=TAR_MTIME, user="", group="", mode=0o644)
+            for j, (row, members) in enumerate(zip(self.rows, self.members)):
+                entry = {"key": row["key"], "key_hash": key_hash(row["key"]), "shard": name, "row": j, **row,
+                         "bytes": 0}
+                for field_name, data in members:
+                    writer.write({"__key__": row["key"], field_name: data})   # one member per call: its offset
+                    end = writer.tarstream.offset                            # is known (header sizes may vary)
+                    level = _level_of(field_name)
+                    if level is not None:
+                        entry[f"tokens_l{level}"] = self.tokens[j][level]
+                        entry[f"offset_l{level}"] = end - (len(data) + (-len(data) % TAR_BLOCK))
+                        entry[f"size_l{level}"] = len(data)
+                        entry[f"crc32_l{level}"] = payload_crc(data)
+                        entry["bytes"] += len(data)
+                rows.append(entry)
+            writer.close()
+        shared = {i: p.tolist() for i, p in enumerate(self.positions) if self.shared and p is not None}
+        return ShardInfo(name, split, len(self.rows), out.written, out.sha.hexdigest(), self.layout, rows, shared)
+
+
+def _level_of(field_name: str) -> int | None:
+    """The level of a payload field (``l3.png`` -> 3); None for ``cls`` and ``json``."""
+    head = field_name.split(".", 1)[0]
+    return int(head[1:]) if head[:1] == "l" and head[1:].isdigit() else None
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars in a compressor's meta -> Python numbers."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def index_schema(levels: int, meta_types: Mapping[str, pa.DataType]) -> pa.Schema:
@@ -183,9 +206,11 @@ def write_manifest(folder: str, spec: Spec, seed: int, config: Mapping[str, Any]
                    shards: list[ShardInfo], counts: Mapping[str, int], extra: Mapping[str, Any] = ()) -> dict[str, Any]:
     """Write ``manifest.json`` last: a dataset without one is not a dataset."""
     shared = next((s.shared_positions for s in shards if s.shared_positions), {})
+    levels = next((s.levels for s in shards if s.levels), [])   # every shard of a run uses one layout
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "layout": {**LAYOUT, "shared_positions": {str(k): v for k, v in shared.items()} or None},
+        "layout": {**LAYOUT, "levels": levels, "label": LABEL_FIELD, "meta": META_FIELD,
+                   "shared_positions": {str(k): v for k, v in shared.items()} or None},
         "modality": spec.modality,
         "spec": spec.to_json(),
         "seed": seed,
@@ -197,6 +222,20 @@ def write_manifest(folder: str, spec: Spec, seed: int, config: Mapping[str, Any]
     }
     storage.write_text(storage.join(folder, MANIFEST_FILE), json.dumps(manifest, indent=1))
     return manifest
+
+
+def write_wids_indexes(folder: str, version: str, shards: list[ShardInfo]) -> dict[str, str]:
+    """One wids shard index per split, ``VERSION/SPLIT.wids.json`` (shard URLs relative to it), so
+    ``wids.ShardListDataset(URL)`` opens a split by itself; {split: its location relative to ``folder``}."""
+    out = {}
+    for split in dict.fromkeys(s.split for s in shards):
+        listing = [{"url": storage.basename(s.name), "nsamples": s.samples, "filesize": s.bytes}
+                   for s in shards if s.split == split]
+        name = f"{version}/{split}.wids.json" if version else f"{split}.wids.json"
+        storage.write_text(storage.join(folder, name), json.dumps(
+            {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": listing}, indent=1))
+        out[split] = name
+    return out
 
 
 @contextlib.contextmanager

@@ -9,25 +9,23 @@
 
 Which samples a rank reads is the plan's business; a worker handles every ``num_workers``-th
 batch of its rank (DataLoader's order is kept), so the stream is the same for any worker count.
-Evaluation (``eval_batches``) deals whole shards to ranks and reads a level's section of each
-shard in one request, from the shard's own index: every held-out shard is read once per pass.
+Evaluation (``eval_batches``) deals whole shards to ranks and reads each sample's payload at one
+level (one range read each, a shard's reads sent together), offsets from the dataset's index: every
+held-out sample is read once per pass, and only at that level.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from icpc import storage
 from icpc.batching import collate
-from icpc.contract import INDEX_MEMBER, Spec, decode_npy, decode_payload, positions_for, tokens_member
-from icpc.dataset import SampleReader, SampleTable
+from icpc.contract import Spec, positions_for
+from icpc.dataset import SampleReader, SampleTable, shard_tables
 from icpc.schema import add_aliases
 from icpc.training.plan import EpochPlan
 
@@ -160,53 +158,44 @@ def make_loader(dataset: BatchDataset, sampler: PlanSampler, workers: int, prefe
 # ----------------------------------------------------------------------------- evaluation by shard
 
 
-def shard_index(location: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
-    """A shard's own index (``index.json``) and its members' (data offset, size), from the tar headers."""
-    with storage.open_read(location) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-        members = {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
-        if INDEX_MEMBER not in members:
-            raise ValueError(f"{location} has no {INDEX_MEMBER}: not a level-major ICPC shard")
-        index = json.loads(tf.extractfile(INDEX_MEMBER).read())
-    return index, members
-
-
-def eval_batches(shards: Sequence[str], spec: Spec, level: int, *, batch_size: int, strategy: str,
+def eval_batches(shards: Sequence[str] | SampleTable, spec: Spec, level: int, *, batch_size: int, strategy: str,
                  rank: int = 0, world: int = 1, limit: int = 0) -> Iterator[dict[str, Any]]:
     """Every sample of ``shards`` at one level, shard by shard; shard i goes to rank i % world.
 
-    Each shard's level section is read in one request (the level's bytes only). ``limit`` stops
-    after that many samples (over all shards, counted in order, before dealing).
+    ``shards``: shard locations of one dataset (``Dataset.shards``), or a split's ``SampleTable``
+    (all its shards). A shard's payloads at ``level`` are read together (one exact range read
+    each; the dataset's index gives their offsets). ``limit`` stops after that many samples (over
+    all shards, counted in order, before dealing). A sample that does not read back (corrupt
+    bytes, a truncated shard) fails the pass, naming the shard.
     """
+    if isinstance(shards, SampleTable):
+        parts = [(shards, np.flatnonzero(shards.shard == s)) for s in dict.fromkeys(shards.shard.tolist())]
+    else:
+        parts = shard_tables(list(shards))
+    readers: dict[int, tuple[SampleReader, list[str]]] = {}
     grid = spec.ladder[level].grid
-    seen = 0
     pending: list[dict[str, Any]] = []
-    for i, location in enumerate(shards):
+    seen = 0
+    for i, (table, rows) in enumerate(parts):
         if limit and seen >= limit:
             break
-        index, members = shard_index(location)
-        n = index["samples"] if not limit else min(index["samples"], limit - seen)
-        seen += index["samples"]
+        rows = rows if not limit else rows[:limit - seen]
+        seen += len(rows)
         if i % world != rank:
             continue
-        lv = index["levels"][level]
-        shared = (decode_npy(_read_member(location, members[lv["positions"]])) if lv.get("positions") else None)
-        start, size = members[tokens_member(level)]
-        blob = storage.read_ranges(location, [(start, start + size)])[0]
-        offsets = np.concatenate([[0], np.cumsum(lv["size"])])
-        for j in range(n):
-            lo = int(offsets[j])
-            tokens, positions = decode_payload(blob[lo:lo + lv["size"][j]], lv["tokens"][j], spec.token_dtype,
-                                               spec.token_shape, shared)
-            pending.append({"tokens": tokens, "label": index["labels"][j], "level": level, "key": index["keys"][j],
+        if id(table) not in readers:
+            readers[id(table)] = (SampleReader(table, spec, table.shared_positions), table.keys())
+        reader, keys = readers[id(table)]
+        got = reader.read(rows, np.full(len(rows), level))
+        if any(item is None for item in got):
+            raise ValueError(f"{table.shard_locations[table.shard[rows[0]]]}: {sum(item is None for item in got)} "
+                             f"samples did not read back at level {level} ({reader.skipped}); rebuild the dataset "
+                             f"with 'icpc compress --overwrite'")
+        for row, (tokens, positions) in zip(rows, got):
+            pending.append({"tokens": tokens, "label": int(table.label[row]), "level": level, "key": keys[row],
                             "positions": positions_for(strategy, spec.reference_grid, grid, positions)})
             if len(pending) == batch_size:
                 yield collate(pending)
                 pending = []
     if pending:
         yield collate(pending)
-
-
-def _read_member(location: str, member: tuple[int, int]) -> bytes:
-    start, size = member
-    return storage.read_ranges(location, [(start, start + size)])[0]
-

@@ -1,4 +1,4 @@
-"""Unit tests for icpc/contract.py: positions, level draws, payload encoding and the tar layout, spec."""
+"""Unit tests for icpc/contract.py: positions, level draws, block geometry of level payloads, spec."""
 
 from __future__ import annotations
 
@@ -14,22 +14,22 @@ import torch.nn.functional as F
 from icpc.contract import (
     STRATEGIES,
     Level,
+    block_geometry,
+    blocks_to_tokens,
+    ids_dtype,
+    level_field,
+    tokens_to_blocks,
     Spec,
     check_key,
     check_spec,
     consistent_positions,
     corner_positions,
     decode_npy,
-    decode_payload,
     draw_level,
     draw_levels,
     encode_npy,
-    encode_payload,
     epoch_permutation,
     key_hash,
-    payload_crc,
-    tar_header,
-    tar_padding,
     interpolation_matrix,
     positions_for,
     renumber_positions,
@@ -361,42 +361,41 @@ def test_sanitize_key_empty_raises(raw):
 # ----------------------------------------------------------------------------- encode / decode
 
 
-@pytest.mark.parametrize("tokens, shape", [
-    (np.arange(64, dtype=np.uint8).reshape(4, 16), (16,)),
-    (np.array([7, 3, 9], dtype=np.int32), ()),
-    (np.random.default_rng(0).standard_normal((2, 5)).astype(np.float16), (5,)),
+def _geometry_spec(tokenization: dict, grid=(7, 7)) -> Spec:
+    return Spec("x", grid, (Level({"side": 1}, grid, math.prod(grid)),), tokenization)
+
+
+@pytest.mark.parametrize("tokenization, grid, shape", [
+    ({"patch": 4, "channels": 1, "token_dim": 16, "token_dtype": "uint8"}, (7, 7), (28, 28, 1)),
+    ({"patch": 2, "channels": 3, "token_dim": 12, "token_dtype": "uint8"}, (3, 5), (6, 10, 3)),
+    ({"tubelet": [2, 4, 4], "channels": 3, "token_dim": 96, "token_dtype": "uint8"}, (2, 3, 3), (4, 12, 12, 3)),
+    ({"patch": [8, 4], "token_dim": 32, "token_dtype": "float16"}, (2, 6), (16, 24)),
 ])
-def test_payload_round_trip_with_shared_or_own_positions(tokens, shape):
-    shared = np.arange(len(tokens), dtype=np.int32)
-    got, pos = decode_payload(encode_payload(tokens), len(tokens), tokens.dtype, shape, shared)
-    assert got.dtype == tokens.dtype and np.array_equal(got, tokens) and pos is shared
-    own = np.array([0, 2, 5, 9][: len(tokens)], dtype=np.int32)
-    got, pos = decode_payload(encode_payload(tokens, own), len(tokens), tokens.dtype, shape, None)
-    assert np.array_equal(got, tokens) and pos.tolist() == own.tolist() and pos.dtype == np.int32
+def test_blocks_round_trip_and_match_a_hand_patchify(tokenization, grid, shape):
+    spec = _geometry_spec(tokenization, grid)
+    block, channels = block_geometry(spec)
+    tokens = np.random.default_rng(0).integers(0, 255, (math.prod(grid), tokenization["token_dim"]))
+    array = tokens_to_blocks(tokens, grid, block, channels)
+    assert array.shape == shape
+    np.testing.assert_array_equal(blocks_to_tokens(array, grid, block, channels), tokens)
+    if len(grid) == 2 and channels:  # the image modality's own patchify cuts the same tokens out of the array
+        from icpc.pipeline.modalities.image import patchify
+
+        np.testing.assert_array_equal(patchify(array, block[0]), tokens)
 
 
-def test_payload_of_the_wrong_length_or_bytes_is_refused():
-    data = encode_payload(np.zeros((4, 16), np.uint8))
-    with pytest.raises(ValueError, match="bytes"):
-        decode_payload(data, 5, np.dtype("uint8"), (16,), np.arange(5))
-    with pytest.raises(ValueError, match="decompress"):
-        decode_payload(data[:-3], 4, np.dtype("uint8"), (16,), np.arange(4))
-    assert payload_crc(data) != payload_crc(data[:-1] + bytes([data[-1] ^ 1]))
+def test_no_block_geometry_for_ids_or_tokens_without_patch():
+    assert block_geometry(_geometry_spec({"token_dtype": "int32"}, (64,))) is None
+    assert block_geometry(_geometry_spec({"token_dim": 4, "token_dtype": "float16"}, (8,))) is None
+    assert block_geometry(_geometry_spec({"patch": 4, "channels": 3, "token_dim": 16, "token_dtype": "uint8"})) is None  # 48 != 16
 
 
-def test_tar_header_and_padding_make_a_tar_that_tarfile_reads():
-    import tarfile
-
-    parts = []
-    for name, data in (("l0.tok", b"abc"), ("index.json", b"{}" * 300)):
-        parts += [tar_header(name, len(data)), data, tar_padding(len(data))]
-    blob = b"".join(parts) + b"\0" * 1024
-    assert len(blob) % 512 == 0
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
-        members = tf.getmembers()
-        assert [m.name for m in members] == ["l0.tok", "index.json"]
-        assert members[0].offset_data == 512 and tf.extractfile("l0.tok").read() == b"abc"
-        assert members[1].mtime == 0 and members[1].uid == 0
+def test_level_fields_name_their_codec_and_ids_pack_to_uint16_when_they_fit():
+    assert level_field(3, "npy.zst") == "l3.npy.zst"
+    with pytest.raises(ValueError, match="codec 'gif'"):
+        level_field(0, "gif")
+    assert ids_dtype(_geometry_spec({"token_dtype": "int32", "vocab_size": 30522}, (512,))) == np.dtype("<u2")
+    assert ids_dtype(_geometry_spec({"token_dtype": "int32", "vocab_size": 250002}, (512,))) == np.dtype("<i4")
 
 
 def test_encode_npy_round_trip_non_contiguous():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import run_cli, train_ddp
-from tests.readers import index_rows, manifest, rejects_rows, shard_samples, tar_members
+from tests.readers import index_rows, manifest, patches, rejects_rows, shard_samples
 
 TRAIN_CLIPS, TEST_CLIPS = 200, 40
 TOKENS = [96, 80, 48, 36, 16]
@@ -127,16 +128,30 @@ def test_test_split_holds_only_voices_unseen_in_training(audio_data, digits):
 
 
 def test_shards_read_with_webdataset(audio_data):
-    """webdataset groups a level-major shard's members by level: one record per level, then the shard's index."""
+    """One webdataset record per clip: the spectrogram of every level (npy.zst: zstd around an .npy, one
+    handler on top of the standard decoders), the label and the JSON."""
     import webdataset as wds
+    import zstandard
+
+    def npy_zst(key, data):
+        if key.endswith(".npy.zst"):
+            return np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False)
+        return None
 
     shard = manifest(audio_data)["shards"][0]
     path = audio_data / shard["name"]
-    records = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode())  # its own .npy decoder
-    assert [r["__key__"] for r in records] == [f"l{i}" for i in range(len(TOKENS))] + ["index"]
-    assert records[-1]["json"]["samples"] == shard["samples"]
-    assert records[4]["tok"] == tar_members(path)["l4.tok"]
-    assert records[4]["pos.npy"].dtype == np.int32 and records[4]["pos.npy"].shape == (16,)
+    records = list(wds.WebDataset(str(path), shardshuffle=False).decode(npy_zst))
+    expected = shard_samples(path, "float16", (64,))
+    assert len(records) == shard["samples"] == len(expected)
+    ladder = manifest(audio_data)["spec"]["ladder"]
+    for r in records:
+        assert r["cls"] == expected[r["__key__"]]["label"] and r["json"]["tokens"] == TOKENS
+        for level, lv in enumerate(ladder):
+            spectrogram = r[f"l{level}.npy.zst"]
+            assert spectrogram.dtype == np.float16
+            assert spectrogram.shape == (lv["params"]["mels"], lv["params"]["frames"])
+            np.testing.assert_array_equal(patches(spectrogram, (8, 8)), expected[r["__key__"]]["levels"][level][0])
+
 
 
 def test_two_process_ddp_training_learns_from_spectrograms(audio_run):

@@ -1,19 +1,18 @@
-"""``icpc compress`` on a local Ray, its output checked with independent readers (tarfile, zlib, pyarrow, tar,
-webdataset, wids)."""
+"""``icpc compress`` on a local Ray, its output checked with independent readers (tarfile, Pillow, pyarrow, tar).
+What the WebDataset tools see of it: tests/pipeline/test_webdataset_tools.py."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
-from pathlib import Path
-
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import BROKEN, TEST_IMAGES, TRAIN_IMAGES
-from tests.readers import index_rows, manifest, rejects_rows, shard_samples, tar_members
+from tests.readers import decode_member, index_rows, manifest, rejects_rows, shard_samples
 
 SIDES, PATCH = [28, 24, 20, 16, 12], 4
 
@@ -55,13 +54,20 @@ def test_shards_hold_every_level_with_positions_in_the_reference_grid(compressed
 
 def test_the_index_locates_every_payload_in_its_shard(compressed):
     """offset_lK/size_lK/crc32_lK of index.parquet point at the payload bytes themselves (one range read each)."""
+    import tarfile
+
     rows = index_rows(compressed)
     for row in rows[::37]:
         data = (compressed / row["shard"]).read_bytes()
-        for level in range(len(SIDES)):
+        with tarfile.open(compressed / row["shard"]) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+        for level, side in enumerate(SIDES):
             payload = data[row[f"offset_l{level}"]:row[f"offset_l{level}"] + row[f"size_l{level}"]]
+            member = members[f"{row['key']}.l{level}.png"]          # 28 px levels are stored losslessly as PNG
+            assert (member.offset_data, member.size) == (row[f"offset_l{level}"], row[f"size_l{level}"])
             assert zlib.crc32(payload) == row[f"crc32_l{level}"]
-            assert len(zlib.decompress(payload)) == row[f"tokens_l{level}"] * PATCH * PATCH
+            assert decode_member(payload, "png").shape == (side, side)
+            assert row[f"tokens_l{level}"] == (side // PATCH) ** 2
 
 
 def test_level0_patches_are_the_original_pixels(compressed, image_folder):
@@ -75,8 +81,11 @@ def test_level0_patches_are_the_original_pixels(compressed, image_folder):
 
 def test_manifest_counts_checksums_and_splits(compressed):
     m = manifest(compressed)
-    assert m["schema_version"] == 2 and m["modality"] == "image"
-    assert m["layout"]["name"] == "level-major" and m["layout"]["version"] == 1
+    assert m["schema_version"] == 3 and m["modality"] == "image"
+    assert m["layout"]["name"] == "webdataset" and m["layout"]["version"] == 1
+    assert [(lv["field"], lv["shape"]) for lv in m["layout"]["levels"]] == [(f"l{i}.png", [s, s, 1])
+                                                                          for i, s in enumerate(SIDES)]
+    assert sorted(m["layout"]["shared_positions"]) == ["0", "1", "2", "3", "4"]
     assert [lv["params"]["side"] for lv in m["spec"]["ladder"]] == SIDES
     assert m["spec"]["reference_grid"] == [7, 7]
     assert m["config"]["shard_samples"] == 100
@@ -93,23 +102,16 @@ def test_manifest_counts_checksums_and_splits(compressed):
     assert not [p for p in compressed.rglob(".*") if ".tmp" in p.name], "temporary files were left behind"
 
 
-def test_shards_read_with_tar_webdataset_and_wids(compressed):
-    import webdataset as wds
-    import wids
-
+def test_a_shard_is_one_group_of_members_per_sample(compressed):
+    """tar -t lists, per sample in index order, its five level payloads, its label and its JSON."""
     shard = manifest(compressed)["shards"][0]
     path = compressed / shard["name"]
     listing = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
-    levels = [f"l{i}" for i in range(len(SIDES))]
-    assert listing == [m for lv in levels for m in (f"{lv}.tok", f"{lv}.pos.npy")] + ["index.json"]
-    members = tar_members(path)
-    # webdataset groups members by name stem: one record per level, then the index
-    records = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
-    assert [r["__key__"] for r in records] == [*levels, "index"]
-    assert all(r["tok"] == members[f"{r['__key__']}.tok"] for r in records[:-1])
-    ds = wids.ShardListDataset([{"url": str(path), "nsamples": len(levels) + 1}])
-    assert ds[0][".tok"].read() == members["l0.tok"]  # wids hands members over as file objects
-    assert ds[len(levels)][".json"]["samples"] == shard["samples"]  # and decodes JSON itself
+    keys = [r["key"] for r in index_rows(compressed) if r["shard"] == shard["name"]]
+    fields = [f"l{i}.png" for i in range(len(SIDES))] + ["cls", "json"]
+    assert listing == [f"{key}.{field}" for key in keys for field in fields]
+    samples = shard_samples(path, "uint8", (PATCH * PATCH,))
+    assert samples[keys[0]]["meta"]["tokens"] == [(s // PATCH) ** 2 for s in SIDES]
 
 
 def test_compress_is_reproducible(compressed, image_folder, tmp_path, ray_local):

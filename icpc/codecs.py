@@ -1,0 +1,200 @@
+"""Level payload codecs (schema 3): which codec each level uses, and a level's tokens <-> one member's bytes.
+
+A codec turns one array into the bytes of one tar member whose suffix names it, so a standard
+WebDataset decoder reads it: ``png``/``jpg``/``webp`` (8-bit pictures, Pillow with libjpeg-turbo),
+``npy`` (``np.save``, any dtype) and ``npy.zst`` (an ``npy`` file compressed with zstandard; plain
+webdataset leaves it as bytes, ``decode_npy_zst`` is the two-line handler). Readers decode only
+the codecs the manifest names and never unpickle (``allow_pickle=False``).
+
+The default per modality (``codecs="auto"``), from the measurements in BENCHMARKS.md ("Shard
+layout and codecs"):
+
+- pixels (image, video; uint8 blocks): ``png`` below ``lossy_min_side`` px: at 28 px it is the
+  smallest (500 B against 544 for ``npy.zst``, 737 for JPEG q90) and exact; ``jpg`` (quality
+  ``codec_quality``) from that side up, where JPEG's fixed cost is paid back many times over
+- spectrograms and other float tokens: ``npy.zst`` (float16 values, zstd level 3)
+- text: ``npy`` of ``(2, n)`` uint16 ids and positions; zstd does not pay there, a member's
+  data is padded to 512 bytes anyway
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from icpc.contract import (CODECS, IMAGE_CODECS, Spec, block_geometry, blocks_shape, blocks_to_tokens, decode_npy,
+                           encode_npy, ids_dtype, level_field, tokens_to_blocks)
+
+ZSTD_LEVEL = 3            # zstd's default: 1.7x smaller spectrograms than raw float16 at ~1 GB/s decode
+MAX_DECODED_BYTES = 1 << 28   # a payload that claims to decode to more than this (256 MiB) is refused
+
+
+# ----------------------------------------------------------------------------- choosing codecs
+
+
+def level_view(spec: Spec, shared_positions: bool) -> str:
+    """How a level's tokens are stored: ``blocks`` (the array they tile), ``tokens``, or ``ids_positions`` (text)."""
+    if not shared_positions:
+        if spec.token_shape:
+            raise ValueError(f"modality {spec.modality!r}: schema 3 stores per-sample positions only with id tokens "
+                             f"(token shape (), found {spec.token_shape}); declare shared_positions=True")
+        return "ids_positions"
+    return "blocks" if block_geometry(spec) else "tokens"
+
+
+def auto_codec(spec: Spec, view: str, level: int, lossy_min_side: int) -> str:
+    """The modality's default codec of ``level`` (see the module docstring)."""
+    if view == "ids_positions":
+        return "npy"
+    if view == "blocks" and spec.token_dtype == np.uint8 and _picture_channels(spec) in (1, 3):
+        side = int(spec.ladder[level].params.get("side", 0))
+        return "jpg" if lossy_min_side and side >= lossy_min_side else "png"
+    return "npy.zst"
+
+
+def plan_levels(spec: Spec, shared_positions: bool, codecs: str = "auto", quality: int = 90,
+                lossy_min_side: int = 64) -> list[dict[str, Any]]:
+    """The manifest's ``layout.levels``: per level its field, codec, view, stored shape and dtype.
+
+    ``codecs``: ``auto``, one codec for every level, or one per level, comma-separated.
+    """
+    view = level_view(spec, shared_positions)
+    names = [c.strip() for c in codecs.split(",")] if codecs != "auto" else []
+    if names and len(names) not in (1, len(spec.ladder)):
+        raise ValueError(f"codecs={codecs!r}: give one codec or one per level ({len(spec.ladder)} levels)")
+    out = []
+    for i, level in enumerate(spec.ladder):
+        codec = (names[i] if len(names) > 1 else names[0]) if names else auto_codec(spec, view, i, lossy_min_side)
+        if codec not in CODECS:
+            raise ValueError(f"codecs={codecs!r}: {codec!r} is not one of {sorted(CODECS)} (or auto)")
+        entry: dict[str, Any] = {"field": level_field(i, codec), "codec": codec, "view": view, "lossy": CODECS[codec] == "lossy"}
+        if view == "blocks":
+            block, channels = block_geometry(spec)
+            entry.update(shape=list(blocks_shape(level.grid, block, channels)), dtype=str(spec.token_dtype))
+        elif view == "ids_positions":
+            entry.update(dtype=ids_dtype(spec).str)
+        else:
+            entry.update(dtype=str(spec.token_dtype))
+        if codec in IMAGE_CODECS:
+            if view != "blocks" or spec.token_dtype != np.uint8 or _picture_channels(spec) not in (1, 3):
+                raise ValueError(f"codecs={codecs!r}: {codec} stores 8-bit pictures of 1 or 3 channels; the "
+                                 f"{spec.modality} tokens ({spec.token_dtype}, view {view}) are not; use npy or npy.zst")
+            if CODECS[codec] == "lossy":
+                if not 1 <= quality <= 100:
+                    raise ValueError(f"codec_quality={quality}: must be 1-100")
+                entry["quality"] = quality
+        out.append(entry)
+    return out
+
+
+def _picture_channels(spec: Spec) -> int | None:
+    geometry = block_geometry(spec)
+    return None if geometry is None else (geometry[1] or 1)
+
+
+# ----------------------------------------------------------------------------- one array <-> bytes
+
+
+def encode(array: np.ndarray, codec: str, quality: int = 90) -> bytes:
+    """One array as the bytes of a ``codec`` member (pictures: ``(H, W, C)`` or ``(T, H, W, C)`` stacked)."""
+    if codec == "npy":
+        return encode_npy(array)
+    if codec == "npy.zst":
+        return _zstd_compressor().compress(encode_npy(array))
+    from PIL import Image
+
+    picture = array.reshape(-1, array.shape[-2], array.shape[-1])   # frames stack vertically: (T*H, W, C)
+    mode = "L" if picture.shape[-1] == 1 else "RGB"
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(picture[..., 0] if mode == "L" else picture), mode)
+    if codec == "png":
+        image.save(buf, "PNG", compress_level=6)
+    elif codec == "jpg":
+        image.save(buf, "JPEG", quality=quality)
+    else:
+        image.save(buf, "WEBP", quality=quality)
+    return buf.getvalue()
+
+
+def decode(data: bytes, codec: str, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Inverse of ``encode``; pictures come back in ``shape``. Raises ValueError on bytes that do not decode."""
+    try:
+        if codec == "npy":
+            return decode_npy(data)
+        if codec == "npy.zst":
+            return decode_npy_zst(data)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ("PNG", "JPEG", "WEBP") or image.width * image.height > MAX_DECODED_BYTES:
+                raise ValueError(f"a {image.format} picture of {image.size} where {codec} was expected")
+            pixels = np.asarray(image)
+        if shape is not None and pixels.size != int(np.prod(shape)):
+            raise ValueError(f"{codec} picture of {pixels.shape} where {tuple(shape)} was expected")
+        return pixels.reshape(shape) if shape is not None else pixels
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder's own error type means the same: bad bytes
+        raise ValueError(f"{codec} payload does not decode ({type(exc).__name__}: {exc})") from None
+
+
+def decode_npy_zst(data: bytes) -> np.ndarray:
+    """An ``npy.zst`` member: zstd-compressed ``.npy`` bytes (no pickle). Usable as a webdataset handler body."""
+    import zstandard
+
+    raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_DECODED_BYTES)
+    return decode_npy(raw)
+
+
+@functools.lru_cache(maxsize=1)
+def _zstd_compressor():
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+
+
+# ----------------------------------------------------------------------------- a level's tokens <-> bytes
+
+
+def encode_level(tokens: np.ndarray, positions: np.ndarray, spec: Spec, level: int, entry: dict[str, Any]) -> bytes:
+    """One sample's level as its member's bytes, per the level's ``layout.levels`` entry."""
+    view = entry["view"]
+    if view == "blocks":
+        block, channels = block_geometry(spec)
+        array = tokens_to_blocks(tokens, spec.ladder[level].grid, block, channels)
+    elif view == "ids_positions":
+        array = np.stack([np.asarray(tokens), np.asarray(positions)]).astype(entry["dtype"])
+    else:
+        array = np.asarray(tokens)
+    return encode(array, entry["codec"], entry.get("quality", 90))
+
+
+def decode_level(data: bytes, spec: Spec, level: int, entry: dict[str, Any], n_tokens: int,
+                 shared_positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_level``: (tokens ``(n, *token_shape)`` of the spec's dtype, positions int32 ``(n,)``).
+
+    Raises ValueError when the payload is not a whole level of ``n_tokens`` tokens.
+    """
+    view = entry["view"]
+    array = decode(data, entry["codec"], entry.get("shape"))
+    if view == "ids_positions":
+        if array.shape != (2, n_tokens):
+            raise ValueError(f"payload holds an array of shape {array.shape}, (2, {n_tokens}) expected")
+        return array[0].astype(spec.token_dtype), array[1].astype(np.int32)
+    if view == "blocks":
+        if list(array.shape) != list(entry["shape"]) or array.dtype != spec.token_dtype:
+            raise ValueError(f"payload holds {array.dtype}{array.shape}, {spec.token_dtype}{tuple(entry['shape'])} "
+                             f"expected")
+        block, channels = block_geometry(spec)
+        tokens = blocks_to_tokens(array, spec.ladder[level].grid, block, channels)
+    else:
+        tokens = array
+    if tokens.shape != (n_tokens, *spec.token_shape) or tokens.dtype != spec.token_dtype:
+        raise ValueError(f"payload holds {tokens.dtype}{tokens.shape}, {spec.token_dtype}"
+                         f"{(n_tokens, *spec.token_shape)} expected")
+    if shared_positions is None:
+        raise ValueError(f"level {level} has no shared positions in the manifest")
+    return tokens, shared_positions

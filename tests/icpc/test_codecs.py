@@ -1,0 +1,103 @@
+"""Unit tests for icpc/codecs.py: the codec plan per modality, level round trips, refusals; checked with Pillow/numpy."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from icpc.codecs import decode, decode_level, encode, encode_level, plan_levels
+from icpc.contract import Level, Spec, consistent_positions
+from icpc.pipeline.modalities.image import ImageConfig
+from icpc.pipeline.modalities.image import build_spec as image_spec
+
+RNG = np.random.default_rng(0)
+
+
+def _text_spec(vocab: int = 8000) -> Spec:
+    return Spec("text", (64,), (Level({"keep": 1.0}, (), 64), Level({"keep": 0.5}, (), 64)),
+                {"token_dtype": "int32", "vocab_size": vocab})
+
+
+def _audio_spec() -> Spec:
+    return Spec("audio", (8, 12), (Level({"frames": 96, "mels": 64}, (8, 12), 96),),
+                {"patch": [8, 8], "token_dim": 64, "token_dtype": "float16"})
+
+
+def test_auto_plan_per_modality():
+    rgb = image_spec(ImageConfig(sides=[224, 96, 48], patch=16, channels=3))
+    plan = plan_levels(rgb, True)
+    assert [e["field"] for e in plan] == ["l0.jpg", "l1.jpg", "l2.png"]   # lossy from 64 px up
+    assert plan[0]["shape"] == [224, 224, 3] and plan[0]["quality"] == 90 and plan[0]["lossy"]
+    assert [e["codec"] for e in plan_levels(rgb, True, lossy_min_side=0)] == ["png"] * 3
+    assert [e["field"] for e in plan_levels(_audio_spec(), True)] == ["l0.npy.zst"]
+    text = plan_levels(_text_spec(), False)
+    assert [(e["field"], e["view"], e["dtype"]) for e in text] == [("l0.npy", "ids_positions", "<u2")] * 1 + \
+        [("l1.npy", "ids_positions", "<u2")]
+
+
+def test_plan_refuses_codecs_that_do_not_fit_with_the_reason():
+    with pytest.raises(ValueError, match="8-bit pictures"):
+        plan_levels(_audio_spec(), True, "png")
+    with pytest.raises(ValueError, match="one codec or one per level"):
+        plan_levels(image_spec(ImageConfig()), True, "png,jpg")
+    with pytest.raises(ValueError, match="'gif' is not one of"):
+        plan_levels(image_spec(ImageConfig()), True, "gif")
+    with pytest.raises(ValueError, match="per-sample positions only with id tokens"):
+        plan_levels(_audio_spec(), False)
+
+
+@pytest.mark.parametrize("codec", ["png", "npy", "npy.zst", "webp", "jpg"])
+def test_image_levels_round_trip(codec):
+    spec = image_spec(ImageConfig(sides=[32, 16], patch=8, channels=3))
+    level = 0
+    entry = plan_levels(spec, True, codec)[level]
+    y, x = np.mgrid[0:32, 0:32]
+    pixels = np.stack([y * 7, x * 7, (x + y) * 3], -1).astype(np.uint8)   # smooth: JPEG stays close
+    tokens = pixels.reshape(4, 8, 4, 8, 3).transpose(0, 2, 1, 3, 4).reshape(16, 192)
+    positions = consistent_positions(spec.reference_grid, spec.ladder[level].grid)
+    data = encode_level(tokens, positions, spec, level, entry)
+    got, pos = decode_level(data, spec, level, entry, 16, positions)
+    assert got.dtype == np.uint8 and got.shape == tokens.shape and pos is positions
+    if entry["lossy"]:
+        assert np.abs(got.astype(int) - tokens).mean() < 4
+    else:
+        np.testing.assert_array_equal(got, tokens)
+    if codec in ("png", "jpg", "webp"):  # a plain picture any image library opens
+        from PIL import Image
+
+        assert Image.open(io.BytesIO(data)).size == (32, 32)
+
+
+def test_text_ids_and_positions_share_one_member():
+    spec = _text_spec()
+    entry = plan_levels(spec, False)[1]
+    ids, positions = np.array([2, 917, 44, 3], np.int32), np.array([0, 3, 4, 9], np.int32)
+    data = encode_level(ids, positions, spec, 1, entry)
+    stored = np.load(io.BytesIO(data), allow_pickle=False)
+    assert stored.dtype == np.uint16 and stored.tolist() == [ids.tolist(), positions.tolist()]
+    got, pos = decode_level(data, spec, 1, entry, 4, None)
+    assert got.dtype == np.int32 and got.tolist() == ids.tolist() and pos.dtype == np.int32
+
+
+def test_spectrograms_stay_exact_float16():
+    spec = _audio_spec()
+    entry = plan_levels(spec, True)[0]
+    tokens = RNG.standard_normal((96, 64)).astype(np.float16)
+    got, _ = decode_level(encode_level(tokens, np.arange(96), spec, 0, entry), spec, 0, entry, 96, np.arange(96))
+    np.testing.assert_array_equal(got, tokens)
+
+
+def test_payloads_that_do_not_match_are_refused():
+    spec = image_spec(ImageConfig())
+    entry = plan_levels(spec, True)[0]
+    other = encode(np.zeros((24, 24, 1), np.uint8), "png")
+    with pytest.raises(ValueError, match=r"expected"):
+        decode_level(other, spec, 0, entry, 49, np.arange(49))
+    with pytest.raises(ValueError, match="does not decode"):
+        decode(b"\x89PNG not really", "png", (28, 28, 1))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        decode(pickled.getvalue(), "npy")

@@ -1,0 +1,129 @@
+"""What the WebDataset tools see of a compressed dataset, with their standard decoders and no icpc code:
+webdataset, wids (with the shard index the job writes), Ray Data's read_webdataset, Megatron-Energon.
+
+Each must see one record per input whose label and levels equal what the icpc reader returns.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.readers import index_rows, manifest, patches
+
+PATCH = 4
+
+
+@pytest.fixture(scope="module")
+def icpc_view(compressed):
+    """{key: (label, [level tokens ...])} of the val split, read by the project's own reader."""
+    from icpc.dataset import SampleReader, open_dataset
+
+    data = open_dataset(str(compressed))
+    table = data.table("val")
+    reader = SampleReader(table, data.spec, data.shared_positions)
+    levels = len(data.spec.ladder)
+    keys = table.keys()
+    out = {key: (int(table.label[i]), []) for i, key in enumerate(keys)}
+    for level in range(levels):
+        for key, (tokens, _) in zip(keys, reader.read(np.arange(len(keys)), np.full(len(keys), level))):
+            out[key][1].append(tokens)
+    return out
+
+
+def val_shards(root):
+    return [root / s["name"] for s in manifest(root)["shards"] if s["split"] == "val"]
+
+
+def _check(record_levels: dict[str, list[np.ndarray]], labels: dict[str, int], icpc_view) -> None:
+    assert sorted(record_levels) == sorted(icpc_view)       # one record per input, no other records
+    for key, levels in record_levels.items():
+        label, expected = icpc_view[key]
+        assert labels[key] == label
+        for level, (pixels, tokens) in enumerate(zip(levels, expected)):
+            np.testing.assert_array_equal(patches(np.asarray(pixels)[..., None], (PATCH, PATCH)), tokens,
+                                          err_msg=f"{key} level {level}")
+
+
+def test_webdataset_decodes_one_record_per_input(compressed, icpc_view):
+    import webdataset as wds
+
+    urls = [str(p) for p in val_shards(compressed)]
+    records = list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))   # grayscale pictures as uint8 (H, W)
+    levels = {r["__key__"]: [r[f"l{i}.png"] for i in range(5)] for r in records}
+    assert len(records) == len(levels)
+    assert all(r["json"]["tokens"] == [49, 36, 25, 16, 9] and r["json"]["key"] == r["__key__"] for r in records)
+    _check(levels, {r["__key__"]: r["cls"] for r in records}, icpc_view)
+    # the usual training-loop form works on the standard decoders alone
+    first = next(iter(wds.WebDataset(urls, shardshuffle=False).decode("l8").to_tuple("l0.png", "cls")))
+    assert first[0].shape == (28, 28) and isinstance(first[1], int)
+
+
+def test_wids_reads_the_shard_index_the_job_writes(compressed, icpc_view):
+    import wids
+
+    m = manifest(compressed)
+    index = compressed / m["wids"]["val"]
+    spec = json.loads(index.read_text())
+    assert sum(s["nsamples"] for s in spec["shardlist"]) == m["counts"]["val"]
+    ds = wids.ShardListDataset(str(index))
+    assert len(ds) == m["counts"]["val"]
+    items = [ds[i] for i in range(len(ds))]
+    levels = {s["__key__"]: [np.asarray(s[f".l{i}.png"]) for i in range(5)] for s in items}   # PIL images
+    _check(levels, {s["__key__"]: s[".cls"] for s in items}, icpc_view)
+
+
+def test_ray_data_read_webdataset_one_row_per_input(compressed, icpc_view, ray_local):
+    import ray
+
+    rows = ray.data.read_webdataset([str(p) for p in val_shards(compressed)]).take_all()
+    levels = {r["__key__"]: [r[f"l{i}.png"][..., 0] if r[f"l{i}.png"].ndim == 3 else r[f"l{i}.png"]
+                             for i in range(5)] for r in rows}
+    assert len(rows) == len(levels)
+    _check(levels, {r["__key__"]: int(r["cls"]) for r in rows}, icpc_view)
+
+
+ENERGON_READ = """
+import json, sys
+from megatron.energon import Cooker, DefaultTaskEncoder, WorkerConfig, get_loader, get_val_dataset, stateless
+
+@stateless
+def cook(sample):
+    return sample
+
+class Encoder(DefaultTaskEncoder):
+    cookers = [Cooker(cook)]
+
+ds = get_val_dataset(sys.argv[1], split_part="val", worker_config=WorkerConfig(rank=0, world_size=1, num_workers=0),
+                     batch_size=None, task_encoder=Encoder())
+out = {}
+for s in get_loader(ds):
+    out[s["__key__"]] = [int(s["cls"]), [list(s[f"l{i}.png"].shape) for i in range(5)]]
+print(json.dumps(out))
+"""
+
+
+def test_energon_prepare_counts_and_reads_one_sample_per_input(compressed, tmp_path):
+    """``energon prepare`` (its own tar index, .nv-meta) over a copy of the version folder, then its loader."""
+    import shutil
+
+    m = manifest(compressed)
+    version = tmp_path / "v"
+    shutil.copytree(compressed / m["version"], version, ignore=shutil.ignore_patterns("*.parquet", "_run"))
+    parts = {split: sorted(p.name for p in version.glob(f"{split}-*.tar")) for split in ("train", "val", "test")}
+    args = [a for split, names in parts.items() for name in names for a in ("--split-parts", f"{split}:{name}")]
+    energon = [sys.executable, "-c", "from megatron.energon.cli.main import main; main()"]
+    subprocess.run([*energon, "prepare", str(version), "--non-interactive", "--sample-type", "CrudeWebdataset",
+                    "--no-progress", *args], check=True, capture_output=True, text=True, timeout=300)
+    counts = json.loads((version / ".nv-meta" / ".info.json").read_text())["shard_counts"]
+    assert counts == {s["name"].split("/")[-1]: s["samples"] for s in m["shards"]}
+    got = subprocess.run([sys.executable, "-c", ENERGON_READ, str(version)], check=True, capture_output=True,
+                         text=True, timeout=300)
+    samples = json.loads(got.stdout.strip().splitlines()[-1])
+    val = {r["key"]: r["label"] for r in index_rows(compressed) if r["split"] == "val"}
+    assert {k: v[0] for k, v in samples.items()} == val
+    assert all(v[1] == [[3, s, s] for s in (28, 24, 20, 16, 12)] for v in samples.values())   # decoded pictures
