@@ -216,6 +216,7 @@ def run_compress(cfg: CompressConfig, progress: bool = True) -> dict[str, Any]:
         "phases": {k: round(v, 2) for k, v in phases.items()},
         "driver_peak_rss_mb": peak_rss_mb(), "driver_peak_rss_mb_by_phase": {**rss, "finalize": peak_rss_mb()},
         "ladder": [lv.name for lv in spec.ladder], "tokens": [lv.tokens for lv in spec.ladder],
+        "payloads": [e["field"] for e in level_layout(cfg, spec)],
     })
     return summary
 
@@ -461,7 +462,8 @@ def format_summary(s: dict[str, Any]) -> str:
         *([f"{s['truncated']} samples truncated to the maximum length before compression"]
           if s.get("truncated") is not None else []),
         f"{s['shards']} shards, {s['bytes'] / 1e6:.1f} MB, in {s['seconds']:.1f} s "
-        f"({s['samples_per_s']:.0f} samples/s)",
+        f"({s['samples_per_s']:.0f} samples/s)" + (f"; a sample is KEY.{{{', '.join(s['payloads'])}, cls, json}}"
+                                                   if s.get("payloads") else ""),
     ]
     if s.get("reused_shards") or s.get("retried_shards"):
         lines.append(f"reused {s.get('reused_shards', 0)} sealed shards; retried {s.get('retried_shards', 0)} "

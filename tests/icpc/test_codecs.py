@@ -101,3 +101,22 @@ def test_payloads_that_do_not_match_are_refused():
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         decode(pickled.getvalue(), "npy")
+
+
+def test_video_levels_are_frame_stacks_jpeg_from_64_px():
+    from icpc.pipeline.modalities.video import VideoConfig
+    from icpc.pipeline.modalities.video import build_spec as video_spec
+
+    spec = video_spec(VideoConfig())                      # frames 16/8/8/4/4 at 64/64/48/48/32 px, tubelets 2x8x8
+    plan = plan_levels(spec, True)
+    assert [e["codec"] for e in plan] == ["jpg", "jpg", "png", "png", "png"]
+    assert plan[0]["shape"] == [16, 64, 64, 1]
+    level = 4
+    frames = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, None, :, None], 32, 1).repeat(4, 0)
+    tokens = frames.reshape(2, 2, 4, 8, 4, 8, 1).transpose(0, 2, 4, 1, 3, 5, 6).reshape(32, 128)
+    data = encode_level(tokens, np.arange(32), spec, level, plan[level])
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(data)).size == (32, 4 * 32)   # the 4 frames stacked vertically
+    got, _ = decode_level(data, spec, level, plan[level], 32, np.arange(32))
+    np.testing.assert_array_equal(got, tokens)

@@ -101,7 +101,7 @@ def check_dataset(client, prefix: str) -> dict:
     m = json.loads(get(client, f"{prefix}/manifest.json"))
     listed = objects(client, prefix)
     version = m["version"]
-    named = {s["name"] for s in m["shards"]} | {m["index"], m["rejects"]}
+    named = {s["name"] for s in m["shards"]} | {m["index"], m["rejects"], *m["wids"].values()}
     assert set(listed) == named | {"manifest.json"}, sorted(set(listed) ^ (named | {"manifest.json"}))
     assert all(n.startswith(version + "/") for n in named)
     for s in m["shards"]:
