@@ -50,7 +50,8 @@ class CompressSettings:
                                       # modality's default (pixels: png below lossy_min_side, jpg from it up; spectrograms
                                       # and float tokens: npy.zst; text: npy of uint16 ids and positions); or one of npy,
                                       # npy.zst, png, jpg, webp for every level; or one per level: "jpg,jpg,png,png,png"
-    codec_quality: int = 90           # quality (1-100) of the lossy codecs (jpg, webp)
+    codec_quality: list[int] = field(default_factory=lambda: [90, 85])  # quality (1-100) of lossy levels (jpg, webp),
+                                      # per level; the last value holds for the rest: level 0 at 90, the others at 85
     lossy_min_side: int = 64          # px: auto stores pixel levels at least this wide as jpg, smaller ones as png (0 =
                                       # never lossy)
 
@@ -74,7 +75,7 @@ class CompressSettings:
         if not 0 <= self.max_reject_fraction <= 1:
             errors.append(f"max_reject_fraction={self.max_reject_fraction}: must be in [0, 1] "
                           f"(1 accepts any number of rejects)")
-        if not 1 <= self.codec_quality <= 100 or self.lossy_min_side < 0:
+        if not self.codec_quality or not all(1 <= q <= 100 for q in self.codec_quality) or self.lossy_min_side < 0:
             errors.append(f"codec_quality={self.codec_quality}, lossy_min_side={self.lossy_min_side}: quality must be "
                           f"1-100 and the side >= 0 (0 = no lossy level)")
         if self.modality in modalities and hasattr(self, self.modality):

@@ -28,9 +28,10 @@ def _audio_spec() -> Spec:
 def test_auto_plan_per_modality():
     rgb = image_spec(ImageConfig(sides=[224, 96, 48], patch=16, channels=3))
     plan = plan_levels(rgb, True)
-    assert [e["field"] for e in plan] == ["l0.jpg", "l1.jpg", "l2.png"]   # lossy from 64 px up
+    assert [e["field"] for e in plan] == ["l0.jpg", "l1.jpg", "l2.npy.zst"]   # lossy from 64 px up
     assert plan[0]["shape"] == [224, 224, 3] and plan[0]["quality"] == 90 and plan[0]["lossy"]
-    assert [e["codec"] for e in plan_levels(rgb, True, lossy_min_side=0)] == ["png"] * 3
+    assert plan[1]["quality"] == 85 and not plan[2]["lossy"]
+    assert [e["codec"] for e in plan_levels(rgb, True, lossy_min_side=0)] == ["npy.zst"] * 3
     assert [e["field"] for e in plan_levels(_audio_spec(), True)] == ["l0.npy.zst"]
     text = plan_levels(_text_spec(), False)
     assert [(e["field"], e["view"], e["dtype"]) for e in text] == [("l0.npy", "ids_positions", "<u2")] * 1 + \
@@ -91,7 +92,7 @@ def test_spectrograms_stay_exact_float16():
 
 def test_payloads_that_do_not_match_are_refused():
     spec = image_spec(ImageConfig())
-    entry = plan_levels(spec, True)[0]
+    entry = plan_levels(spec, True, "png")[0]
     other = encode(np.zeros((24, 24, 1), np.uint8), "png")
     with pytest.raises(ValueError, match=r"expected"):
         decode_level(other, spec, 0, entry, 49, np.arange(49))
@@ -101,6 +102,9 @@ def test_payloads_that_do_not_match_are_refused():
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         decode(pickled.getvalue(), "npy")
+    zst = plan_levels(spec, True)[0]                     # npy.zst at 28 px: a wrong shape is refused too
+    with pytest.raises(ValueError, match="expected"):
+        decode_level(encode(np.zeros((24, 24, 1), np.uint8), "npy.zst"), spec, 0, zst, 49, np.arange(49))
 
 
 def test_video_levels_are_frame_stacks_jpeg_from_64_px():
@@ -109,8 +113,9 @@ def test_video_levels_are_frame_stacks_jpeg_from_64_px():
 
     spec = video_spec(VideoConfig())                      # frames 16/8/8/4/4 at 64/64/48/48/32 px, tubelets 2x8x8
     plan = plan_levels(spec, True)
-    assert [e["codec"] for e in plan] == ["jpg", "jpg", "png", "png", "png"]
+    assert [e["codec"] for e in plan] == ["jpg", "jpg", "npy.zst", "npy.zst", "npy.zst"]
     assert plan[0]["shape"] == [16, 64, 64, 1]
+    plan = plan_levels(spec, True, "png")
     level = 4
     frames = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, None, :, None], 32, 1).repeat(4, 0)
     tokens = frames.reshape(2, 2, 4, 8, 4, 8, 1).transpose(0, 2, 4, 1, 3, 5, 6).reshape(32, 128)

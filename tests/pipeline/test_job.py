@@ -63,10 +63,10 @@ def test_the_index_locates_every_payload_in_its_shard(compressed):
             members = {m.name: m for m in tf.getmembers()}
         for level, side in enumerate(SIDES):
             payload = data[row[f"offset_l{level}"]:row[f"offset_l{level}"] + row[f"size_l{level}"]]
-            member = members[f"{row['key']}.l{level}.png"]          # 28 px levels are stored losslessly as PNG
+            member = members[f"{row['key']}.l{level}.npy.zst"]    # 28 px levels: exact pixels, npy in zstd
             assert (member.offset_data, member.size) == (row[f"offset_l{level}"], row[f"size_l{level}"])
             assert zlib.crc32(payload) == row[f"crc32_l{level}"]
-            assert decode_member(payload, "png").shape == (side, side)
+            assert decode_member(payload, "npy.zst").shape == (side, side, 1)
             assert row[f"tokens_l{level}"] == (side // PATCH) ** 2
 
 
@@ -83,7 +83,7 @@ def test_manifest_counts_checksums_and_splits(compressed):
     m = manifest(compressed)
     assert m["schema_version"] == 3 and m["modality"] == "image"
     assert m["layout"]["name"] == "webdataset" and m["layout"]["version"] == 1
-    assert [(lv["field"], lv["shape"]) for lv in m["layout"]["levels"]] == [(f"l{i}.png", [s, s, 1])
+    assert [(lv["field"], lv["shape"]) for lv in m["layout"]["levels"]] == [(f"l{i}.npy.zst", [s, s, 1])
                                                                           for i, s in enumerate(SIDES)]
     assert sorted(m["layout"]["shared_positions"]) == ["0", "1", "2", "3", "4"]
     assert [lv["params"]["side"] for lv in m["spec"]["ladder"]] == SIDES
@@ -108,7 +108,7 @@ def test_a_shard_is_one_group_of_members_per_sample(compressed):
     path = compressed / shard["name"]
     listing = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
     keys = [r["key"] for r in index_rows(compressed) if r["shard"] == shard["name"]]
-    fields = [f"l{i}.png" for i in range(len(SIDES))] + ["cls", "json"]
+    fields = [f"l{i}.npy.zst" for i in range(len(SIDES))] + ["cls", "json"]
     assert listing == [f"{key}.{field}" for key in keys for field in fields]
     samples = shard_samples(path, "uint8", (PATCH * PATCH,))
     assert samples[keys[0]]["meta"]["tokens"] == [(s // PATCH) ** 2 for s in SIDES]

@@ -1,11 +1,14 @@
 """What the WebDataset tools see of a compressed dataset, with their standard decoders and no icpc code:
 webdataset, wids (with the shard index the job writes), Ray Data's read_webdataset, Megatron-Energon.
 
-Each must see one record per input whose label and levels equal what the icpc reader returns.
+Each must see one record per input whose label and levels equal what the icpc reader returns. The 28 px
+levels are ``npy.zst`` by default (exact pixels; the user's two-line zstd handler decodes them); a
+dataset stored as PNG decodes with the tools' image decoders alone.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -16,6 +19,18 @@ import pytest
 from tests.readers import index_rows, manifest, patches
 
 PATCH = 4
+FIELDS = [f"l{i}.npy.zst" for i in range(5)]
+
+
+def unzst(data: bytes) -> np.ndarray:
+    """An npy.zst member: zstd around an .npy (what a user adds to webdataset's decoders)."""
+    import zstandard
+
+    return np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False)
+
+
+def zst_handler(key: str, data: bytes):
+    return unzst(data) if key.endswith(".npy.zst") else None
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +60,46 @@ def _check(record_levels: dict[str, list[np.ndarray]], labels: dict[str, int], i
         label, expected = icpc_view[key]
         assert labels[key] == label
         for level, (pixels, tokens) in enumerate(zip(levels, expected)):
-            np.testing.assert_array_equal(patches(np.asarray(pixels)[..., None], (PATCH, PATCH)), tokens,
-                                          err_msg=f"{key} level {level}")
+            pixels = np.asarray(pixels)
+            pixels = pixels if pixels.ndim == 3 else pixels[..., None]
+            np.testing.assert_array_equal(patches(pixels, (PATCH, PATCH)), tokens, err_msg=f"{key} level {level}")
 
 
 def test_webdataset_decodes_one_record_per_input(compressed, icpc_view):
     import webdataset as wds
 
     urls = [str(p) for p in val_shards(compressed)]
-    records = list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))   # grayscale pictures as uint8 (H, W)
-    levels = {r["__key__"]: [r[f"l{i}.png"] for i in range(5)] for r in records}
+    records = list(wds.WebDataset(urls, shardshuffle=False).decode(zst_handler))
+    levels = {r["__key__"]: [r[f] for f in FIELDS] for r in records}
     assert len(records) == len(levels)
     assert all(r["json"]["tokens"] == [49, 36, 25, 16, 9] and r["json"]["key"] == r["__key__"] for r in records)
     _check(levels, {r["__key__"]: r["cls"] for r in records}, icpc_view)
-    # the usual training-loop form works on the standard decoders alone
-    first = next(iter(wds.WebDataset(urls, shardshuffle=False).decode("l8").to_tuple("l0.png", "cls")))
-    assert first[0].shape == (28, 28) and isinstance(first[1], int)
+    first = next(iter(wds.WebDataset(urls, shardshuffle=False).decode(zst_handler).to_tuple(FIELDS[0], "cls")))
+    assert first[0].shape == (28, 28, 1) and first[0].dtype == np.uint8 and isinstance(first[1], int)
+
+
+def test_picture_levels_decode_with_webdatasets_own_decoders(image_folder, ray_local, tmp_path):
+    """``codecs=png``: plain ``.decode("l8")`` gives every level as a uint8 picture, equal to the icpc reader's."""
+    import webdataset as wds
+
+    from icpc.config import finalize
+    from icpc.dataset import SampleReader, open_dataset
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
+
+    run_compress(finalize(CompressConfig(input=str(image_folder), output=str(tmp_path), shard_samples=40, limit=40),
+                          ["codecs=png"]), progress=False)
+    data = open_dataset(str(tmp_path))
+    table = data.table("test")
+    reader = SampleReader(table, data.spec, data.shared_positions)
+    urls = [str(tmp_path / s["name"]) for s in manifest(tmp_path)["shards"] if s["split"] == "test"]
+    records = {r["__key__"]: r for r in wds.WebDataset(urls, shardshuffle=False).decode("l8")}
+    assert sorted(records) == sorted(table.keys())
+    for level in range(5):
+        for key, (tokens, _) in zip(table.keys(), reader.read(np.arange(len(table)), np.full(len(table), level))):
+            picture = records[key][f"l{level}.png"]
+            assert picture.dtype == np.uint8 and picture.ndim == 2
+            np.testing.assert_array_equal(patches(picture[..., None], (PATCH, PATCH)), tokens)
 
 
 def test_wids_reads_the_shard_index_the_job_writes(compressed, icpc_view):
@@ -73,7 +112,10 @@ def test_wids_reads_the_shard_index_the_job_writes(compressed, icpc_view):
     ds = wids.ShardListDataset(str(index))
     assert len(ds) == m["counts"]["val"]
     items = [ds[i] for i in range(len(ds))]
-    levels = {s["__key__"]: [np.asarray(s[f".l{i}.png"]) for i in range(5)] for s in items}   # PIL images
+    def payload(value) -> np.ndarray:     # wids hands unknown extensions over as file objects
+        return unzst(value.read() if hasattr(value, "read") else value)
+
+    levels = {s["__key__"]: [payload(s[f".{f}"]) for f in FIELDS] for s in items}
     _check(levels, {s["__key__"]: s[".cls"] for s in items}, icpc_view)
 
 
@@ -81,14 +123,14 @@ def test_ray_data_read_webdataset_one_row_per_input(compressed, icpc_view, ray_l
     import ray
 
     rows = ray.data.read_webdataset([str(p) for p in val_shards(compressed)]).take_all()
-    levels = {r["__key__"]: [r[f"l{i}.png"][..., 0] if r[f"l{i}.png"].ndim == 3 else r[f"l{i}.png"]
-                             for i in range(5)] for r in rows}
+    levels = {r["__key__"]: [unzst(r[f]) for f in FIELDS] for r in rows}     # npy.zst rows hold the bytes
     assert len(rows) == len(levels)
     _check(levels, {r["__key__"]: int(r["cls"]) for r in rows}, icpc_view)
 
 
 ENERGON_READ = """
-import json, sys
+import io, json, sys
+import numpy as np, zstandard
 from megatron.energon import Cooker, DefaultTaskEncoder, WorkerConfig, get_loader, get_val_dataset, stateless
 
 @stateless
@@ -102,7 +144,8 @@ ds = get_val_dataset(sys.argv[1], split_part="val", worker_config=WorkerConfig(r
                      batch_size=None, task_encoder=Encoder())
 out = {}
 for s in get_loader(ds):
-    out[s["__key__"]] = [int(s["cls"]), [list(s[f"l{i}.png"].shape) for i in range(5)]]
+    levels = [np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(s[f"l{i}.npy.zst"]))) for i in range(5)]
+    out[s["__key__"]] = [int(s["cls"]), [list(a.shape) for a in levels]]
 print(json.dumps(out))
 """
 
@@ -126,4 +169,4 @@ def test_energon_prepare_counts_and_reads_one_sample_per_input(compressed, tmp_p
     samples = json.loads(got.stdout.strip().splitlines()[-1])
     val = {r["key"]: r["label"] for r in index_rows(compressed) if r["split"] == "val"}
     assert {k: v[0] for k, v in samples.items()} == val
-    assert all(v[1] == [[3, s, s] for s in (28, 24, 20, 16, 12)] for v in samples.values())   # decoded pictures
+    assert all(v[1] == [[s, s, 1] for s in (28, 24, 20, 16, 12)] for v in samples.values())
