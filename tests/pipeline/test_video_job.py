@@ -66,7 +66,7 @@ def _compress(folder: Path, out: Path, *sets: str) -> Path:
 
 @pytest.fixture(scope="module")
 def video_data(video_folder, ray_local, tmp_path_factory) -> Path:
-    # lossless levels (PNG frames): the tests compare the stored tubelets with PyAV's own decode; by default
+    # exact levels (npy.zst): the tests compare the stored tubelets with PyAV's own decode; by default
     # the 64 px levels would be JPEG q90 (codecs=auto), which tests/icpc/test_codecs.py checks
     return _compress(video_folder, tmp_path_factory.mktemp("vdata"), "lossy_min_side=0")
 
