@@ -7,7 +7,8 @@
    Fashion-MNIST images (the Debian package's IDX files, carried as ``.gpudata/``) upscaled to
    224 px RGB, ladder 224/192/160/128/96 px with 16 px patches (196/144/100/64/36 tokens).
 2. Step time per level: forward + backward + AdamW step of a dim-768, depth-12, 12-head model
-   (ViT-B/16 sized, 86 M parameters) in bf16 autocast at batch 128, after warm-up.
+   (ViT-B/16 sized, 86 M parameters) in bf16 autocast at batch 128, after warm-up; then the same for
+   timm's own ``vit_base_patch16_224`` through the model plugin (``--model timm:...``), when timm imports.
 3. ``icpc train`` (torchrun, nccl when there is a GPU) for a fixed number of steps, ICPC then the
    baseline then ICPC again, DataLoader workers, pinned memory: epoch seconds, data wait.
 Prints a fixed summary (lines starting with ``GPU_CHECK``) and writes it to ``$OUT/gpu_check.json``.
@@ -89,8 +90,9 @@ def _shard(job):
     return builder.write(str(Path(_STATE["out"]) / name), name, split)
 
 
-def step_times(data_dir: Path, dim: int, depth: int, heads: int, batch: int, steps: int) -> list[dict]:
-    """Median ms of a training step per level (bf16 autocast on GPU), after warm-up."""
+def step_times(data_dir: Path, dim: int, depth: int, heads: int, batch: int, steps: int, model_ref: str = "transformer",
+               model_args: dict | None = None) -> list[dict]:
+    """Median ms of a training step per level (bf16 autocast on GPU), after warm-up; ``model_ref``: any plugin."""
     import torch
 
     from icpc.config import ModelConfig
@@ -102,7 +104,8 @@ def step_times(data_dir: Path, dim: int, depth: int, heads: int, batch: int, ste
     data = open_dataset(str(data_dir))
     table = data.table("train")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(data.spec, ModelConfig(dim=dim, depth=depth, heads=heads, mlp_ratio=4.0), 10).to(device)
+    cfg = ModelConfig(name=model_ref, args=dict(model_args or {}), dim=dim, depth=depth, heads=heads, mlp_ratio=4.0)
+    model = build_model(data.spec, cfg, 10).to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=device.type == "cuda")
     ds = BatchDataset(table, data.spec, data.shared_positions, "consistent")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -129,6 +132,26 @@ def step_times(data_dir: Path, dim: int, depth: int, heads: int, batch: int, ste
     return out
 
 
+def timm_step_times(data_dir: Path, sizes: dict) -> tuple[list[dict], float | None]:
+    """The same step timing for timm's ViT (``timm:vit_base_patch16_224``; smoke: vit_tiny, depth 2) through the
+    model plugin; skipped with a GPU_CHECK line when timm is not importable (the machine has no network: carry
+    a wheel, see gpu_check.sh)."""
+    try:
+        import timm
+    except ImportError as exc:
+        print(f"GPU_CHECK timm skipped: {exc}", flush=True)
+        return [], None
+    ref, args = sizes["timm"]
+    steps = step_times(data_dir, sizes["dim"], sizes["depth"], sizes["heads"], sizes["batch"], sizes["steps"],
+                       ref, args)
+    for s in steps:
+        print(f"GPU_CHECK timm step model={ref} level={s['level']} tokens={s['tokens']} batch={s['batch']} "
+              f"ms={s['ms']:.2f} samples_per_s={s['samples_per_s']:.0f}", flush=True)
+    mix = float(np.mean([s["ms"] for s in steps]) / steps[0]["ms"])
+    print(f"GPU_CHECK timm step_ratio_uniform_mix_vs_level0={mix:.3f} (timm {timm.__version__})", flush=True)
+    return steps, mix
+
+
 def train_arm(data_dir: Path, out: Path, baseline: bool, sets: list[str]) -> dict:
     cmd = [sys.executable, "-m", "icpc.cli", "train", "--nproc-per-node", "1", "--data", str(data_dir),
            "--output", str(out), "--epochs", "1", *(["--baseline"] if baseline else []),
@@ -150,10 +173,11 @@ def main() -> None:
     work = Path(args.work)
     if args.smoke:
         sizes = dict(n_train=600, sides=[64, 48, 32], patch=16, dim=64, depth=2, heads=4, batch=16, steps=3,
-                     train_steps=8, workers=2)
+                     train_steps=8, workers=2, timm=("timm:vit_tiny_patch16_224", {"depth": 2}))
     else:
         sizes = dict(n_train=20000, sides=[224, 192, 160, 128, 96], patch=16, dim=768, depth=12, heads=12,
-                     batch=128, steps=10, train_steps=120, workers=min(16, os.cpu_count() or 1))
+                     batch=128, steps=10, train_steps=120, workers=min(16, os.cpu_count() or 1),
+                     timm=("timm:vit_base_patch16_224", {}))
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -167,6 +191,7 @@ def main() -> None:
               f"samples_per_s={s['samples_per_s']:.0f}", flush=True)
     mix = float(np.mean([s["ms"] for s in steps]) / steps[0]["ms"])
     print(f"GPU_CHECK step_ratio_uniform_mix_vs_level0={mix:.3f}", flush=True)
+    timm_steps, timm_mix = timm_step_times(work / "data", sizes)
     sets = [f"model.dim={sizes['dim']}", f"model.depth={sizes['depth']}", f"model.heads={sizes['heads']}",
             "model.mlp_ratio=4", f"batch_size={sizes['batch']}", f"max_steps_per_epoch={sizes['train_steps']}",
             "lr=1e-4", f"loader_workers={min(8, sizes['workers'])}", "prefetch=4"]
@@ -181,6 +206,7 @@ def main() -> None:
     print(f"GPU_CHECK epoch_ratio_icpc_over_baseline={ratio:.3f} (same steps and batch; ICPC median of 2 runs)",
           flush=True)
     summary = {"device": device, "torch": torch.__version__, "steps": steps, "step_ratio": mix, "arms": arms,
+               "timm_steps": timm_steps, "timm_step_ratio": timm_mix,
                "epoch_ratio": ratio, "sizes": sizes}
     out = os.environ.get("OUT")
     if out:
