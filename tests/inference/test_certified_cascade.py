@@ -84,8 +84,8 @@ def test_learn_then_test_holds_over_random_calibration_draws_of_real_predictions
     print(ltt_splits.format_study(pop))
     assert pop["ltt"]["ci95"][0] <= DELTA, pop["ltt"]
     assert pop["ltt"]["mean_token_ratio"] <= 1.0   # a cascade costlier than level 0 is never chosen
-    # the naive choice (cheapest with calibration loss <= epsilon) breaks the promise: the check can fail
-    assert pop["naive"]["ci95"][0] > DELTA and pop["naive"]["mean_token_ratio"] < pop["ltt"]["mean_token_ratio"]
+    # the naive choice (cheapest with calibration loss <= epsilon) is printed beside it; whether it breaks the
+    # promise depends on the model (on the demo's it does, 45% of draws: BENCHMARKS.md), so it is not asserted
     split = ltt_splits.split_study(probs, labels, tokens, n // 2, 200, EPSILON, DELTA, mode="split", naive=False)
     print(ltt_splits.format_study(split))
     assert split["ltt"]["ci95"][0] <= DELTA, split["ltt"]
