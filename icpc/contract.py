@@ -166,7 +166,21 @@ class Spec:
 def spec_mismatches(expected: Spec, found: Spec) -> list[str]:
     """Human-readable differences between two specs (empty when they agree)."""
     a, b = expected.to_json(), found.to_json()
-    return [f"{k}: model has {a[k]!r}, data has {b[k]!r}" for k in a if a[k] != b[k]]
+    out = []
+    for k in a:
+        if a[k] == b[k]:
+            continue
+        if isinstance(a[k], dict) and isinstance(b[k], dict):  # name the sub-keys (a text spec holds a whole tokenizer)
+            out += [f"{k}.{s}: model has {_short(a[k].get(s))}, data has {_short(b[k].get(s))}"
+                    for s in sorted(set(a[k]) | set(b[k])) if a[k].get(s) != b[k].get(s)]
+        else:
+            out.append(f"{k}: model has {_short(a[k])}, data has {_short(b[k])}")
+    return out
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_spec(expected: Spec, found: Spec, what: str) -> None:

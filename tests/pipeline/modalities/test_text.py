@@ -1,4 +1,4 @@
-"""Text compressor: WordPiece, importance order, keep counts, original positions, truncation, POS scorer, corpus pass."""
+"""Text compressor: importance order, keep counts, sub-token ownership, original positions, truncation, POS scorer, corpus pass."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from icpc.contract import Spec
 from icpc.pipeline.modalities import text_tokens as text
 from icpc.pipeline.modalities.text import MODALITY, TextConfig, build_spec
-from icpc.pipeline.modalities.text_corpus import build_vocab, count_texts, count_texts_ray
+from icpc.pipeline.modalities.text_corpus import count_texts, count_texts_ray
+from icpc.pipeline.modalities.text_tokenizer import CORPUS_SPECIALS, train_corpus_tokenizer
 
 # One piece per word except zebra (zeb ##ra), so positions shift by one after it.
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "zeb", "##ra", "ate", "common", "grass", ".", "dog", "quickly",
@@ -34,22 +35,47 @@ def wordnet_texts() -> list[bytes]:
     return [gloss.encode() for _, _, gloss in read_glosses()[:: 250]][:330]
 
 
+def _tokenizer():
+    """A BERT-style WordPiece over VOCAB (Hugging Face ``tokenizers``), as a model's tokenizer.json would hold."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tk.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    return tk
+
+
 def _spec(**kw) -> Spec:
     cfg = TextConfig(**{"keep": ONE_WORD_LESS, "min_words": 1, "max_len": 32, **kw})
     assert not cfg.validate(), cfg.validate()
-    return build_spec(cfg, VOCAB, DF, 100)
+    return build_spec(cfg, _tokenizer(), DF, 100)
 
 
 def _words(tokens: np.ndarray) -> str:
     return " ".join(VOCAB[t] for t in tokens[1:-1]).replace(" ##", "")
 
 
-def test_wordpiece_and_normalisation_by_hand():
-    ids = {t: i for i, t in enumerate(["[UNK]", "un", "##aff", "##able", "cafe"])}
-    assert text.wordpiece("unaffable", ids, 0) == [1, 2, 3]
-    assert text.wordpiece("unknown", ids, 0) == [0]       # no piece for "##known": the whole word is [UNK]
-    assert text.normalize("Café,") == ["cafe", ","]
-    assert text.normalize("U.S.") == ["u", ".", "s", "."]
+def test_sub_tokens_belong_to_the_word_they_start_in():
+    #        [CLS]  "the"  " "  "zeb"  "ra"  "."   [SEP]      words: the (0-3), zebra (4-9), . (9-10)
+    starts = np.array([0, 0, 3, 4, 7, 9, 0])
+    special = np.array([1, 0, 0, 0, 0, 0, 1], dtype=bool)
+    owner = text.word_owners(starts, special, np.array([3, 9, 10]))
+    assert owner.tolist() == [-1, 0, 1, 1, 1, 2, -1]    # a space token joins the next word (byte-level BPE)
+    tokens, positions = text.assemble(np.arange(10, 17), owner, np.array([1]))
+    assert tokens.tolist() == [10, 12, 13, 14, 16] and positions.tolist() == [0, 2, 3, 4, 6]
+
+
+def test_truncation_keeps_specials_and_whole_words():
+    ids, owner = np.arange(8), np.array([-1, 0, 1, 1, 2, 2, 2, -1])
+    cut_ids, cut_owner, cut = text.truncate_tokens(ids, owner, 6)        # room for 4: word 2 (3 tokens) goes
+    assert cut and cut_ids.tolist() == [0, 1, 2, 3, 7] and cut_owner.tolist() == [-1, 0, 1, 1, -1]
+    assert text.truncate_tokens(ids, owner, 8)[2] is False
+    long_word = np.array([-1, 0, 0, 0, 0, -1])
+    assert text.truncate_tokens(np.arange(6), long_word, 4)[0].tolist() == [0, 1, 2, 5]   # a first word is itself cut
+    with pytest.raises(ValueError, match="no tokens"):
+        text.truncate_tokens(np.arange(2), np.array([-1, -1]), 8)
 
 
 def test_importance_order_punctuation_then_stop_words_then_common_words():
@@ -83,7 +109,7 @@ def test_keep_counts_and_min_words():
     assert [text.keep_count(10, k, 3) for k in (1.0, 0.85, 0.7, 0.55, 0.4, 0.25)] == [10, 9, 7, 6, 4, 3]
     assert text.keep_count(2, 0.4, 3) == 2           # never more than the text has
     assert text.keep_count(5, 0.5, 1) == 3           # 2.5 rounds half up
-    spec = build_spec(TextConfig(max_len=32), VOCAB, DF, 100)
+    spec = build_spec(TextConfig(max_len=32), _tokenizer(), DF, 100)
     counts = [len(t) - 2 for t, _ in compress(b"the dog ate the grass quickly", spec).levels]
     assert counts == [6, 5, 4, 3, 3]                  # 6 words at keep 1, .85, .7, .55, .4 with min_words 3
     assert [len(t) for t, _ in compress(b"dog", spec).levels] == [3] * 5  # a one-word text is never emptied
@@ -115,27 +141,33 @@ def test_bad_text_is_refused_with_the_reason(payload, reason):
 def test_tokenizer_is_checked_against_its_hash():
     spec = _spec()
     tampered = Spec.from_json(json.loads(json.dumps(spec.to_json())))
-    tampered.tokenization["vocab"] = VOCAB[:-1] + ["small"]
-    with pytest.raises(ValueError, match="not the one the dataset was built with"):
+    tampered.tokenization["tokenizer_json"] = tampered.tokenization["tokenizer_json"].replace('"big"', '"small"')
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
         compress(SENTENCE.encode(), tampered)
 
 
 def test_config_errors_are_reported_together():
-    errors = TextConfig(keep=[0.9, 1.0], min_words=0, max_len=2, scorer="pos", vocab="gpt").validate()
+    errors = TextConfig(keep=[0.9, 1.0], min_words=0, max_len=2, scorer="pos", tokenizer="no/such/folder").validate()
     joined = "\n".join(errors)
-    for part in ("keep[0] = 1.0", "not increase", "min_words", "max_len", "spacy_model", "text.vocab"):
+    for part in ("keep[0] = 1.0", "not increase", "min_words", "max_len", "spacy_model", "text.tokenizer='no/such"):
         assert part in joined, part
 
 
 def test_document_frequencies_by_hand():
-    df, units, docs = count_texts([b"A cat. A dog!", b"the cat", b"\xff bad", b"   "])
+    df, docs = count_texts([b"A cat. A dog!", b"the cat", b"\xff bad", b"   "])
     assert docs == 2                                   # undecodable and blank texts are not counted
     assert df == {"a": 1, "cat": 2, ".": 1, "dog": 1, "!": 1, "the": 1}
-    assert units["a"] == 2 and units["cat"] == 2
-    vocab = build_vocab(units, 64, 2)
-    assert vocab[:4] == text.SPECIALS and "cat" in vocab and "dog" not in vocab  # dog seen once < min_count
-    assert "##g" in vocab and text.wordpiece("dog", {t: i for i, t in enumerate(vocab)}, 1) == [
-        vocab.index("d"), vocab.index("##o"), vocab.index("##g")]  # unknown words fall back to characters
+
+
+def test_corpus_tokenizer_is_a_wordpiece_of_the_training_split():
+    texts = ["a cat sat on the mat", "the cat ate", "a dog"] * 3 + ["zebu"]
+    tk = train_corpus_tokenizer(texts, 200, 2)
+    vocab = tk.get_vocab()
+    assert [vocab[s] for s in CORPUS_SPECIALS] == [0, 1, 2, 3]    # collate pads with 0 = [PAD]
+    assert "cat" in vocab and "zebu" not in vocab                # seen once < min_count
+    assert tk.encode("Zebu cat").tokens == ["[CLS]", "z", "##e", "##b", "##u", "cat", "[SEP]"]  # characters, no [UNK]
+    again = train_corpus_tokenizer(texts, 200, 2)
+    assert again.to_str() == tk.to_str()                          # deterministic: the spec's sha256 is reproducible
 
 
 def test_idf_from_ray_tasks_equals_one_process(ray_local, wordnet_texts):
@@ -143,7 +175,7 @@ def test_idf_from_ray_tasks_equals_one_process(ray_local, wordnet_texts):
     single = count_texts(payloads)
     distributed = count_texts_ray(payloads, texts_per_task=37)   # 9 tasks, summed in the driver
     assert distributed == single
-    assert single[2] == len(wordnet_texts) and sum(single[0].values()) > len(wordnet_texts)
+    assert single[1] == len(wordnet_texts) and sum(single[0].values()) > len(wordnet_texts)
 
 
 def test_pos_scorer_with_a_trained_pipeline(tmp_path):
@@ -175,16 +207,18 @@ def test_pos_scorer_with_a_trained_pipeline(tmp_path):
 
 
 def test_real_glosses_keep_original_positions_at_every_level(wordnet_texts):
-    df, units, docs = count_texts(wordnet_texts)
+    df, docs = count_texts(wordnet_texts)
     cfg = TextConfig(max_len=48, vocab_size=600)
-    spec = build_spec(cfg, build_vocab(units, cfg.vocab_size, cfg.min_count), {w: n for w, n in df.items() if n >= 2},
-                      docs)
+    tokenizer = train_corpus_tokenizer([t.decode() for t in wordnet_texts], cfg.vocab_size, cfg.min_count)
+    spec = build_spec(cfg, tokenizer, {w: n for w, n in df.items() if n >= 2}, docs)
+    specials = spec.tokenization["special_ids"]
     truncated = 0
     for payload in wordnet_texts:
         levels = compress(payload, spec)
         tokens0, pos0 = levels.levels[0]
         assert pos0.tolist() == list(range(len(tokens0))) and len(tokens0) <= 48
-        assert tokens0[0] == spec.tokenization["cls_id"] and tokens0[-1] == spec.tokenization["sep_id"]
+        assert tokens0[0] == specials["[CLS]"] and tokens0[-1] == specials["[SEP]"]
+        assert tokens0.tolist() == tokenizer.encode(payload.decode()).ids[: len(tokens0) - 1] + [specials["[SEP]"]]
         truncated += levels.meta["truncated"]
         n = levels.meta["words"]
         for keep, (tokens, pos) in zip(cfg.keep, levels.levels):
