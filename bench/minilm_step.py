@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from icpc.config import ModelConfig  # noqa: E402
 from icpc.dataset import open_dataset  # noqa: E402
 from icpc.training.data import eval_batches  # noqa: E402
-from icpc.training.minilm import MiniLMClassifier  # noqa: E402
+from icpc.models import build_model  # noqa: E402
 from icpc.training.model import param_groups  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def allreduce_seconds(numel: int, rounds: int, port: int = 29611) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="output folder of icpc compress (text.vocab=minilm)")
+    p.add_argument("--data", required=True, help="output folder of icpc compress (text.tokenizer=minilm)")
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--steps", type=int, default=20, help="timed steps per (level, setting)")
     p.add_argument("--levels", default="0,4")
@@ -77,7 +77,7 @@ def main() -> None:
     impls = {"per-tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     models, optims = {}, {}
     for name, frozen in settings.items():
-        model = MiniLMClassifier(spec, ModelConfig(kind="minilm", freeze_word_embeddings=frozen), num_classes=10)
+        model = build_model(spec, ModelConfig(name="hf:minilm", freeze_word_embeddings=frozen), num_classes=10)
         models[name] = model
         optims[name] = {impl: torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5, **kw) for impl, kw in impls.items()}
     times = {(n, lv, part): [] for n in settings for lv in levels for part in ("forward", "backward", *impls)}

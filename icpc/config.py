@@ -27,9 +27,9 @@ class ModelConfig:
     depth: int = 4                    # transformer: encoder blocks
     heads: int = 4                    # transformer: attention heads (dim % heads == 0)
     mlp_ratio: float = 2.0            # transformer: MLP hidden width = mlp_ratio * dim
-    dropout: float = 0.0              # transformer, minilm: compression levels already regularise (ICPC's point)
-    kind: str = "transformer"         # deprecated (use name): transformer, or minilm = name minilm (fine-tune all-MiniLM-L6-v2)
-    freeze_word_embeddings: bool = False  # minilm: keep the pretrained 30522 x 384 word table fixed (half the weights)
+    dropout: float = 0.0              # transformer, hf: compression levels already regularise (ICPC's point)
+    kind: str = "transformer"         # deprecated (use name): transformer, or minilm = --model hf:minilm (old configs, checkpoints)
+    freeze_word_embeddings: bool = False  # hf: keep the pretrained word table fixed (MiniLM: 30522 x 384, half the weights)
 
     def validate(self) -> list[str]:
         errors = []
@@ -48,8 +48,8 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             errors.append(f"model.dropout={self.dropout}: must be in [0, 1)")
         if self.freeze_word_embeddings and self.kind != "minilm" and not ref.startswith(("minilm", "hf:")):
-            errors.append("model.freeze_word_embeddings=true needs model.kind=minilm (a model trained from scratch "
-                          "must learn its token table)")
+            errors.append("model.freeze_word_embeddings=true needs a pretrained model, --model hf:PATH_OR_NAME (a "
+                          "model trained from scratch must learn its token table)")
         return errors
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from icpc.pipeline.modalities.text_tokenizer import fingerprint, load_tokenizer, resolve
+from icpc.pipeline.modalities.text_tokenizer import MINILM, fingerprint, load_tokenizer, resolve
 
 POOLS = ("mean", "cls")
 
@@ -61,7 +62,7 @@ def position_offset(table: nn.Embedding) -> int:
 
 
 def _rename_minilm_keys(state_dict, prefix, *args) -> None:
-    """Checkpoints of the retired ``model.kind=minilm`` (``training/minilm.py``) named the encoder ``bert.``."""
+    """Checkpoints of the retired ``model.kind=minilm`` (``training/minilm.py``, removed) named the encoder ``bert.``."""
     for key in [k for k in state_dict if k.startswith(prefix + "bert.")]:
         state_dict[prefix + "encoder." + key[len(prefix) + 5:]] = state_dict.pop(key)
 
@@ -154,3 +155,8 @@ def build(ctx, pool: str = "mean", freeze_word_embeddings: bool | None = None) -
     freeze = ctx.cfg.freeze_word_embeddings if freeze_word_embeddings is None else freeze_word_embeddings
     encoder.get_input_embeddings().weight.requires_grad_(not freeze)
     return HFEncoderClassifier(encoder, offset, ctx.num_classes, ctx.strategy, pool, ctx.cfg.dropout)
+
+
+def build_minilm(ctx, **args) -> nn.Module:
+    """The retired ``model.kind=minilm`` (reference ``minilm``): old configs and checkpoints build ``hf:minilm``."""
+    return build(replace(ctx, name=MINILM), **args)

@@ -26,15 +26,15 @@ from icpc.config import ModelConfig
 from icpc.contract import Spec
 
 ENTRY_POINT_GROUP = "icpc.models"
-# reference -> "module:factory"; "minilm" is the old model.kind=minilm, kept until hf:minilm replaces it
+# reference -> "module:factory"; "minilm" is the retired model.kind=minilm: old configs and checkpoints build hf:minilm
 BUILTIN = {
     "transformer": "icpc.models.transformer:build",
-    "minilm": "icpc.training.minilm:build",
+    "minilm": "icpc.models.hf:build_minilm",
 }
 # prefix before ':' -> (module:factory, what to install when it is missing)
 PREFIXES = {
     "timm": ("icpc.models.timm_vit:build", "pip install 'icpc[timm]'"),
-    "hf": ("icpc.models.hf:build", "pip install 'icpc[hf]' (hf: models arrive with icpc.models.hf)"),
+    "hf": ("icpc.models.hf:build", "pip install 'icpc[hf]'"),
 }
 FORMS = ("transformer", "timm:NAME", "hf:PATH_OR_NAME", "PKG.MODULE:FACTORY",
          f"an entry-point name of the group '{ENTRY_POINT_GROUP}'")

@@ -145,3 +145,30 @@ def test_a_checkpoint_of_the_retired_minilm_class_loads(minilm_spec, minilm):
     with torch.no_grad():
         assert torch.allclose(fresh(t, p), minilm(t, p))
     assert np.isfinite(fresh(t, p).detach().numpy()).all()
+
+
+@pytest.mark.integration
+def test_minilm_end_to_end_through_the_generic_path(ray_local, tmp_path):
+    """Compress glosses with MiniLM's own tokenizer -> 2-rank DDP training of hf:minilm -> evaluate."""
+    import json
+
+    from icpc.config import finalize
+    from icpc.demo.wordnet import build_wordnet_glosses
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
+    from tests.conftest import run_cli, train_ddp
+    from tests.readers import manifest
+
+    build_wordnet_glosses(tmp_path / "wordnet", 192, 96, seed=0, classes=2)
+    data, run = tmp_path / "data", tmp_path / "run"
+    run_compress(finalize(CompressConfig(modality="text", input=str(tmp_path / "wordnet" / "glosses.jsonl"),
+                                         output=str(data)), ["text.tokenizer=minilm", "text.max_len=32"]),
+                 progress=False)
+    assert manifest(data)["spec"]["tokenization"]["tokenizer"] == "minilm"
+    train_ddp(data, run, 2, "--model", "hf:minilm", "--lr", "2e-4", "--set", "model.freeze_word_embeddings=true")
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["config"]["model"]["name"] == "hf:minilm" and "encoder.embeddings.position_embeddings.weight" in state["model"]
+    run_cli("evaluate", "--checkpoint", str(run / "last.pt"), "--output", str(tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert len(report["levels"]) == 5 and report["samples"] == 96
+    assert report["levels"][0]["accuracy"] > 0.6, report["levels"]      # chance is 0.5
