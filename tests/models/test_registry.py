@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from icpc.config import ModelConfig, TrainConfig, finalize, to_dict
-from icpc.models import ModelPluginError, build_model, plugin_record, resolve
+from icpc.models import ModelPluginError, build_model, plugin_record
 from icpc.modelio import load_model, save_checkpoint
 from icpc.pipeline.modalities.image import ImageConfig, build_spec
 from tests.conftest import REPO
@@ -62,12 +61,6 @@ def test_arguments_the_factory_does_not_take_are_refused_before_it_runs():
     assert "width" in str(info.value)  # the factory's signature is shown
     with pytest.raises(ModelPluginError, match="do not fit"):
         build_model(SPEC, ModelConfig(args={"width": 2}), 3)  # the built-in transformer takes none
-
-
-@pytest.mark.skipif(importlib.util.find_spec("icpc.models.hf") is not None, reason="icpc.models.hf has landed")
-def test_hf_models_say_what_is_missing():
-    with pytest.raises(ModelPluginError, match="icpc.models.hf"):
-        resolve("hf:/models/bert")
 
 
 def test_config_takes_a_reference_and_json_arguments():
