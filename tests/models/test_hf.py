@@ -159,7 +159,7 @@ def test_minilm_end_to_end_through_the_generic_path(ray_local, tmp_path):
     from tests.conftest import run_cli, train_ddp
     from tests.readers import manifest
 
-    build_wordnet_glosses(tmp_path / "wordnet", 192, 96, seed=0, classes=2)
+    build_wordnet_glosses(tmp_path / "wordnet", 160, 48, seed=0, classes=2)   # evaluate times 48 x 5 batch-1 passes
     data, run = tmp_path / "data", tmp_path / "run"
     run_compress(finalize(CompressConfig(modality="text", input=str(tmp_path / "wordnet" / "glosses.jsonl"),
                                          output=str(data)), ["text.tokenizer=minilm", "text.max_len=32"]),
@@ -170,5 +170,5 @@ def test_minilm_end_to_end_through_the_generic_path(ray_local, tmp_path):
     assert state["config"]["model"]["name"] == "hf:minilm" and "encoder.embeddings.position_embeddings.weight" in state["model"]
     run_cli("evaluate", "--checkpoint", str(run / "last.pt"), "--output", str(tmp_path / "eval"))
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert len(report["levels"]) == 5 and report["samples"] == 96
+    assert len(report["levels"]) == 5 and report["samples"] == 48
     assert report["levels"][0]["accuracy"] > 0.6, report["levels"]      # chance is 0.5
