@@ -7,9 +7,11 @@ and one live run at a time owns an output folder.
   ``icpc train`` dies.
 - ``StopRequest``: SIGTERM (what schedulers and Kubernetes send before preemption) and SIGINT
   set a flag; the training loop finishes its step, every rank agrees on the step, saves, exits 0.
-- ``OutputLock``: ``OUTPUT/.lock`` names the holder (host, pid, start time, command). Locally an
-  advisory ``flock`` (released by the kernel when the holder dies, however it dies); on an object
-  store a lease renewed every ``LEASE_RENEW_S`` (stale after ``LEASE_STALE_S``).
+- ``OutputLock``: ``OUTPUT/.lock`` names the holder (host, pid, its start time in clock ticks, command).
+  Locally an advisory ``flock``, released by the kernel when the holder dies, however it dies; a
+  holder that is dead by ``/proc`` (gone, exiting, a zombie, its pid reused: ``liveness``) never
+  blocks a resume. On an object store a lease renewed every ``LEASE_RENEW_S`` (stale after
+  ``LEASE_STALE_S``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import threading
 import time
 
 from icpc import storage
+from icpc.training import liveness
 
 LOCK_FILE = ".lock"
-DYING_HOLDER_WAIT_S = 15.0       # s to wait for the lock of a holder whose process is already gone (still exiting)
+LEFT_BEHIND_WAIT_S = 15.0        # s to wait for a live process left by a dead holder to close the lock
 STOPPED_FILE = "stopped.json"   # written by rank 0 when a stop request ended the run after a checkpoint
 LEASE_RENEW_S = 20.0
 LEASE_STALE_S = 90.0
@@ -79,28 +82,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-def _holder_gone(held: str) -> bool:
-    """The lock's writer ran on this host and its pid no longer exists: the lock is being released."""
+def holder_status(held: str) -> str:
+    """``liveness.ALIVE`` / ``EXITING`` / ``GONE`` for the writer of a lock record; ``ALIVE`` when it cannot be
+    judged (another host, an unreadable record): such a lock is only ever taken over by its release."""
     try:
         info = json.loads(held)
         if info["host"] != socket.gethostname():
-            return False
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, KeyError, TypeError, OSError):  # unreadable, or a live pid of another user
-        pass
-    return False
+            return liveness.ALIVE
+        return liveness.process_status(int(info["pid"]), info.get("start_ticks"))
+    except (ValueError, KeyError, TypeError):
+        return liveness.ALIVE
 
 
 def holder_info() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                      time.gmtime()),
-            "command": " ".join(sys.argv)[:500]}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": liveness.start_ticks(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)[:500]}
 
 
 class _HolderExiting(FileExistsError):
-    """The lock is held but its writer's process is gone on this host: it is being released."""
+    """The lock's holder is dead and the only processes with the lock file open are exiting: the kernel
+    is releasing it."""
+
+
+class _LeftBehind(FileExistsError):
+    """The lock's holder is dead but another live process (or one this user cannot see) holds the lock."""
 
 
 class OutputLock:
@@ -115,12 +120,14 @@ class OutputLock:
     def acquire(self, wait_s: float = 0.0) -> "OutputLock":
         """Take the lock, retrying for up to ``wait_s`` seconds while a live holder has it.
 
-        A holder whose process is already gone is waited for up to ``DYING_HOLDER_WAIT_S`` whatever
-        ``wait_s`` is: a SIGKILLed process's pid vanishes before the kernel has closed its files.
+        A dead holder (gone, a zombie, or a reused pid) never blocks: while its processes are
+        still exiting this waits for the kernel to close their files, however long a loaded machine
+        takes; a live process it left behind with the lock open (a forked worker) is waited for up
+        to ``LEFT_BEHIND_WAIT_S``, then named.
         """
         storage.makedirs(self.out)
         deadline = time.monotonic() + wait_s
-        exiting_until: float | None = None
+        left_since: float | None = None
         while True:
             try:
                 if storage.is_local(self.path):
@@ -129,9 +136,11 @@ class OutputLock:
                     self._acquire_lease()
                 return self
             except _HolderExiting:
-                if exiting_until is None:
-                    exiting_until = time.monotonic() + DYING_HOLDER_WAIT_S
-                if time.monotonic() >= max(deadline, exiting_until):
+                time.sleep(0.05)
+            except _LeftBehind:
+                if left_since is None:
+                    left_since = time.monotonic()
+                if time.monotonic() >= max(deadline, left_since + LEFT_BEHIND_WAIT_S):
                     raise
                 time.sleep(0.2)
             except FileExistsError:
@@ -142,19 +151,17 @@ class OutputLock:
     def _acquire_local(self) -> None:
         import fcntl
 
-        fd = os.open(storage.local_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        path = storage.local_path(self.path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             held = os.pread(fd, 4096, 0).decode(errors="replace")
             os.close(fd)
-            if _holder_gone(held):
-                raise _HolderExiting(f"{self.out} is still locked by a run whose process is gone "
-                                     f"({_describe(held)}): a process it left behind (a DataLoader worker?) may "
-                                     f"hold {LOCK_FILE}; find it with `fuser {storage.local_path(self.path)}` "
-                                     f"and stop it") from None
-            raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
-                                  f"wait for it to finish, or train into another --output") from None
+            if holder_status(held) == liveness.ALIVE:
+                raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop it, "
+                                      f"wait for it to finish, or train into another --output") from None
+            _raise_for_keepers(self.out, path, held)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd
@@ -197,6 +204,18 @@ def check_unlocked(out: str) -> None:
     """Fail fast (before starting ranks) when a live run holds ``out``; the rank-0 lock is the real guard."""
     if storage.exists(out):
         OutputLock(out).acquire().release()
+
+
+def _raise_for_keepers(out: str, path: str, held: str) -> None:
+    """The holder of ``path`` is dead but its flock is taken: say whether that is its exit or a process left over."""
+    keepers = {pid: liveness.process_status(pid) for pid in liveness.processes_holding(path)}
+    live = [pid for pid, status in keepers.items() if status == liveness.ALIVE]
+    if not live and liveness.EXITING in keepers.values():
+        raise _HolderExiting(path)
+    named = "; ".join(f"pid {pid}: {liveness.command_line(pid)[:200]}" for pid in live) or \
+        f"no process this user can see; find it with `fuser {path}`"
+    raise _LeftBehind(f"{out} is still locked although the run that took the lock is gone ({_describe(held)}): a "
+                      f"process it left behind holds {LOCK_FILE} ({named}); stop it, then resume")
 
 
 def _describe(held: str) -> str:

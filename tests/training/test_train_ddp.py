@@ -3,7 +3,6 @@ elastic resume, SIGTERM, supervision of the ranks, the output lock."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from icpc.training import liveness
 from tests.conftest import REPO, train_command, train_ddp
 from tests.readers import index_rows, manifest
+from tests.training.subreaper import state, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -161,13 +162,30 @@ def test_a_rank_that_fails_stops_the_other_with_its_reason(compressed, tmp_path)
 
 
 def test_sigkill_of_the_whole_job_then_resume_equals_the_uninterrupted_run(straight_run, compressed, tmp_path):
+    # under a parent that reaps no orphans (PID 1 in many containers): the killed torchrun, ranks and loader
+    # workers, whose parents died first, stay zombies, and the resume must not take them for a live run
     out = tmp_path / "run"
-    proc = start(train_command(compressed, out, 3, "--checkpoint-every", "4"))
-    wait_for_trace(out, epoch=1, batch=7, proc=proc)
-    for pid in job_pids(out):  # the launcher, torchrun and both ranks: a lost node
-        os.kill(pid, signal.SIGKILL)
-    proc.wait(30)
-    assert not wait_gone(out, 10)
+    keeper = subprocess.Popen([sys.executable, "-m", "tests.training.subreaper",
+                               *train_command(compressed, out, 3, "--checkpoint-every", "4")], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        wait_for_trace(out, epoch=1, batch=7, proc=keeper)
+        job = [pid for pid in job_pids(out) if pid != keeper.pid]
+        assert len(job) >= 4, job  # the launcher, torchrun, both ranks (and their loader workers)
+        for pid in job:  # a lost node
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: all(liveness.process_status(pid) == liveness.GONE for pid in job), "the job dead")
+        assert [pid for pid in job if state(pid) == "Z"], "no zombie was left: the test would not test the case"
+        _resume_after_sigkill(straight_run, compressed, out)
+    finally:
+        for pid in job_pids(out):
+            if pid != keeper.pid:
+                os.kill(pid, signal.SIGKILL)
+        keeper.communicate(timeout=60)  # reaps the zombies
+
+
+def _resume_after_sigkill(straight_run: Path, compressed: Path, out: Path) -> None:
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["loader"]["epoch"] == 1 and saved["loader"]["batches"] > 0  # mid-epoch
     done = {r: [x for x in lines if (x["epoch"], x["batch"]) < (1, saved["loader"]["batches"])]
@@ -276,67 +294,6 @@ def test_killing_the_launchers_process_group_stops_every_rank(compressed, tmp_pa
     proc.wait(10)
     assert not wait_gone(out, 40), "ranks kept training after their launcher was killed"
     assert not (out / "metrics.csv").exists() or len(metrics(out)) < 3  # they did not train to the end
-
-
-def test_a_forked_child_of_the_holder_does_not_keep_the_lock_after_the_holder_is_killed(tmp_path):
-    # a rank's DataLoader workers are forked after rank 0 took the lock: they must not hold it on
-    out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import os, time; from icpc.training.supervision import OutputLock; "
-        f"OutputLock({str(out)!r}).acquire(); child = os.fork()\n"
-        "if child == 0:\n    time.sleep(60); os._exit(0)\n"
-        "print(child, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    child = int(holder.stdout.readline())
-    try:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait(10)
-        os.kill(child, 0)  # the forked child lives on
-        from icpc.training.supervision import OutputLock
-        OutputLock(str(out)).acquire().release()  # FileExistsError if the child still held the flock
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-
-
-def test_a_lock_whose_writer_is_gone_counts_as_being_released(tmp_path):
-    from icpc.training.supervision import _holder_gone, holder_info
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    assert _holder_gone(json.dumps({**holder_info(), "pid": dead.pid}))
-    assert not _holder_gone(json.dumps(holder_info()))  # this process: alive
-    assert not _holder_gone(json.dumps({**holder_info(), "pid": dead.pid, "host": "another-host"}))
-    assert not _holder_gone("not json")
-
-
-def test_a_killed_holders_lock_is_waited_for_while_a_process_it_left_still_holds_it(tmp_path, monkeypatch):
-    # the holder is SIGKILLed but a process it started keeps the flock for a while: acquire() waits for
-    # it to go even with wait_s=0, and names the situation once DYING_HOLDER_WAIT_S is spent
-    from icpc.training import supervision
-
-    def kill_holder_leaving(seconds: float, out):
-        holder = subprocess.Popen([sys.executable, "-c", (
-            "import subprocess, time; from icpc.training.supervision import OutputLock; "
-            f"lock = OutputLock({str(out)!r}).acquire(); "
-            f"left = subprocess.Popen(['sleep', '{seconds}'], pass_fds=(lock._fd,)); "
-            "print(left.pid, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        left = int(holder.stdout.readline())
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait(10)
-        return left
-
-    left = kill_holder_leaving(2, tmp_path / "a")
-    started = time.monotonic()
-    supervision.OutputLock(str(tmp_path / "a")).acquire().release()
-    assert time.monotonic() - started > 0.5  # it waited for the process left behind
-
-    monkeypatch.setattr(supervision, "DYING_HOLDER_WAIT_S", 1.0)
-    left = kill_holder_leaving(60, tmp_path / "b")
-    try:
-        with pytest.raises(FileExistsError, match="whose process is gone"):
-            supervision.OutputLock(str(tmp_path / "b")).acquire()
-    finally:
-        os.kill(left, signal.SIGKILL)
 
 
 def test_a_second_run_into_a_held_output_is_refused_naming_the_holder(compressed, tmp_path):
