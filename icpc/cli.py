@@ -16,32 +16,38 @@ import json
 import os
 import sys
 
-from icpc.config import ConfigError, EvalConfig, TrainConfig, finalize, to_dict
+from icpc import cli_help
+from icpc.config import ConfigError, EvalConfig, TrainConfig, apply_overrides, finalize, to_dict
 from icpc.contract import STRATEGIES
 from icpc.demo import DATASETS, DEMOS
 from icpc.pipeline.config import compress_config_class
 from icpc.pipeline.modalities import registry
 
-SET_HELP = "override any config field, e.g. --set image.sides=28,20,12 (repeatable; unknown keys are errors)"
+RAY_COMMANDS = ("compress", "serve", "train", "demo")  # may start an embedded Ray (train: with --ray-workers)
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+def _add_set(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=cli_help.set_help(command))
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icpc", description="Input Compression with Positional Consistency.")
+    parser = argparse.ArgumentParser(prog="icpc", description=cli_help.OVERVIEW,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("datasets", help="build a demo data set from a Debian package (offline)")
+    def add(command: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(command, help=summary, description=cli_help.DESCRIPTIONS[command],
+                              epilog=cli_help.epilog(command), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("datasets", "build a demo data set from a Debian package (offline)")
     p.add_argument("name", choices=sorted(DATASETS), help="which data set")
     p.add_argument("--output", required=True, help="folder to write (in a layout icpc compress reads)")
     p.add_argument("--train", type=int, default=0, help="training samples (0 = the data set's default or all)")
     p.add_argument("--test", type=int, default=0, help="test samples (0 = the data set's default or all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
 
-    p = sub.add_parser("compress", help="Ray job: compress every sample at every level into WebDataset shards")
+    p = add("compress", "Ray job: every input at every level into tar shards, index.parquet, manifest.json")
     p.add_argument("--modality", default="image", choices=sorted(registry()), help="what the input holds")
     p.add_argument("--input", help="image/video/audio: ROOT/CLASS/FILE, ROOT/{train,val,test}/CLASS/FILE or a "
                    "CSV of path,label[,split]; text: a CSV/JSONL/Parquet table (or a folder of train/val/test tables); "
@@ -60,11 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "more than this share of the inputs (default 0.05; 1 = never)")
     p.add_argument("--sample-timeout", type=float, help="seconds one input may take to decode and compress before it "
                    "is rejected as a hang (default 120)")
-    _add_set(p)
+    _add_set(p, "compress")
 
-    p = sub.add_parser("train", help="DDP training (torchrun), a fresh level per sample per epoch")
-    p.add_argument("--data", help="output folder of icpc compress")
-    p.add_argument("--output", help="folder for checkpoints, metrics.csv, TensorBoard logs")
+    p = add("train", "DDP training (torchrun), a fresh level per sample per epoch")
+    p.add_argument("--data", help="output folder of icpc compress (default runs/data)")
+    p.add_argument("--output", help="folder for last.pt, checkpoints/, metrics.csv, TensorBoard logs "
+                   "(default runs/train)")
     p.add_argument("--epochs", type=int, help="epochs (default 5)")
     p.add_argument("--batch-size", type=int, help="samples per rank per micro-step (default 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
@@ -84,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launch this many workers with Ray Train instead of torchrun")
     p.add_argument("--address", help="Ray address for --ray-workers (default: embedded Ray)")
     p.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs each Ray Train worker reserves")
-    _add_set(p)
+    _add_set(p, "train")
 
-    p = sub.add_parser("evaluate", help="accuracy/time per level, the calibrated cascade, a threshold-sweep curve")
+    p = add("evaluate", "accuracy/time per level, the calibrated cascade, a threshold-sweep curve")
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default runs/train/last.pt)")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="train, val or test (default test)")
@@ -94,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES,
                    help="evaluate with another position strategy than the one trained with")
     p.add_argument("--device", help="where the model runs: auto (default: cuda when there is a GPU), cpu, cuda, cuda:N")
-    _add_set(p)
+    _add_set(p, "evaluate")
 
-    p = sub.add_parser("calibrate", help="cascade thresholds whose accuracy loss vs level 0 is certified (Learn then Test)")
+    p = add("calibrate", "cascade thresholds whose accuracy loss vs level 0 is certified (Learn then Test)")
     p.add_argument("--checkpoint", help="checkpoint to calibrate (default runs/train/last.pt)")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", help="held-out split the thresholds are chosen on (default val)")
@@ -109,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the serving batch on the serving device), ms (forward ms, batch 256) or tokens")
     p.add_argument("--device", help="where the model runs: auto (default: cuda when there is a GPU), cpu, cuda, cuda:N")
     p.add_argument("--output", help="folder for thresholds.json and calibrate.png (default: the checkpoint's)")
-    _add_set(p)
+    _add_set(p, "calibrate")
 
-    p = sub.add_parser("serve", help="the cascade as a Ray Serve HTTP app on embedded Ray (127.0.0.1)")
+    p = add("serve", "the cascade as a Ray Serve HTTP app on embedded Ray (127.0.0.1)")
     p.add_argument("--checkpoint", help="checkpoint to serve (default runs/train/last.pt)")
     p.add_argument("--thresholds", help="calibration file (default CHECKPOINT_DIR/thresholds.json)")
     p.add_argument("--host", help="HTTP address (default 127.0.0.1; Serve's HTTP API has no authentication)")
@@ -119,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request (no @serve.batch)")
     p.add_argument("--device", help="model device: auto (default: cuda when the model replica has a GPU), cpu, cuda")
     p.add_argument("--gpus", type=float, help="Ray GPUs per model replica (default 0; 0.25 = four replicas per GPU)")
-    _add_set(p)
+    _add_set(p, "serve")
 
-    p = sub.add_parser("demo", help="one modality end to end: build data, compress, train ICPC + baseline, evaluate")
+    p = add("demo", "one modality end to end: build data, compress, train ICPC + baseline, evaluate")
     p.add_argument("--modality", default="image", choices=sorted(DEMOS), help="which modality's demo")
-    p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--workdir", default="runs/demo", help="folder for everything the demo writes (default runs/demo)")
     p.add_argument("--train", type=int, default=0, help="training samples (default: the modality's, e.g. 4000 images)")
     p.add_argument("--test", type=int, default=0, help="test samples (default: the modality's)")
     p.add_argument("--epochs", type=int, default=0, help="epochs for each of ICPC and the baseline (default: the modality's, e.g. 30 for image)")
@@ -131,13 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(cls, args: argparse.Namespace, mapping: dict[str, str]):
+def _config(cls, args: argparse.Namespace, mapping: dict[str, str], needed_to_run: tuple[str, ...] = ()):
+    """The resolved config; with ``--print-config`` the fields in ``needed_to_run`` may stay empty."""
     cfg = cls()
     for arg, field in mapping.items():
         value = getattr(args, arg, None)
         if value is not None and value is not False:  # 0 is a value the user gave (0 == False in Python)
             setattr(cfg, field, value)
-    return finalize(cfg, args.set)
+    if not (args.print_config and needed_to_run):
+        return finalize(cfg, args.set)
+    errors = apply_overrides(cfg, list(args.set)) + [
+        e for e in cfg.validate() if not (e.startswith(needed_to_run) and not getattr(cfg, e.split(":")[0], True))]
+    if errors:
+        raise ConfigError(errors)
+    return cfg
 
 
 def _print_config(args: argparse.Namespace, cfg) -> bool:
@@ -152,7 +166,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                          "address": "address", "shard_samples": "shard_samples",
                                          "limit": "limit", "seed": "seed", "overwrite": "overwrite",
                                          "resume": "resume", "max_reject_fraction": "max_reject_fraction",
-                                         "sample_timeout": "sample_timeout_s"})
+                                         "sample_timeout": "sample_timeout_s"}, needed_to_run=("input:",))
     if _print_config(args, cfg):
         return 0
     from icpc.pipeline.job import ShardFailedError, format_summary, run_compress
@@ -253,9 +267,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _default_ray_auth(args: argparse.Namespace) -> None:
+    """An embedded Ray (no --address, no RAY_ADDRESS) gets Ray's own default, token authentication, set
+    explicitly: Ray 2.60 would choose it too, but warns on every start when RAY_AUTH_MODE is unset."""
+    starts_ray = args.command in RAY_COMMANDS and (args.command != "train" or args.ray_workers)
+    if starts_ray and not getattr(args, "print_config", False) and not getattr(args, "address", None) \
+            and "RAY_AUTH_MODE" not in os.environ and "RAY_ADDRESS" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    _default_ray_auth(args)
     try:
         if args.command == "compress":
             return cmd_compress(args)
