@@ -327,6 +327,54 @@ def upload_file(local: str, location: str) -> None:
     fs.put_file(local, path)
 
 
+# ----------------------------------------------------------------------------- conditional writes
+
+# Stores whose PUT honours If-None-Match: * and If-Match: ETag (AWS S3 since 2024-08 and 2024-11, MinIO,
+# the moto test server). Elsewhere (gs:// through gcsfs, plain HTTP) a conditional write is refused.
+CONDITIONAL_SCHEMES = ("s3", "s3a")
+
+
+class PreconditionFailed(FileExistsError):
+    """A conditional write found the object not as required: created meanwhile, or changed since it was read."""
+
+
+def has_conditional_writes(location: str) -> bool:
+    return scheme(location) in CONDITIONAL_SCHEMES
+
+
+def create_new(location: str, data: bytes) -> str:
+    """Write ``data`` only if no object exists at ``location`` (S3 ``If-None-Match: *``, one atomic step).
+
+    Returns the object's version tag (ETag); ``PreconditionFailed`` when an object is there.
+    """
+    return _conditional_put(location, data, mode="create")
+
+
+def replace_version(location: str, data: bytes, tag: str) -> str:
+    """Overwrite the object only while it is still at version ``tag`` (S3 ``If-Match``); returns the new tag."""
+    return _conditional_put(location, data, IfMatch=tag)
+
+
+def version_tag(location: str) -> str:
+    """The current version tag (ETag) of an object on a store with conditional writes."""
+    fs, path = filesystem(location)
+    return fs.info(path, refresh=True)["ETag"]
+
+
+def _conditional_put(location: str, data: bytes, **condition) -> str:
+    if not has_conditional_writes(location):
+        raise ValueError(f"{location}: conditional writes need one of {CONDITIONAL_SCHEMES}")
+    fs, path = filesystem(location)
+    try:
+        out = fs.pipe_file(path, data, **condition)  # s3fs: one put_object with the condition's header
+    except OSError as exc:  # s3fs raises FileExistsError (If-None-Match) or OSError(EINVAL) (If-Match) for a 412
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", "")
+        if isinstance(exc, FileExistsError) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise PreconditionFailed(f"{location}: {code or 'object exists'} ({exc})") from None
+        raise
+    return out["ETag"]
+
+
 def remove(location: str) -> None:
     """Delete one file or object; nothing when it does not exist."""
     if is_local(location):

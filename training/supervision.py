@@ -10,8 +10,7 @@ and one live run at a time owns an output folder.
 - ``OutputLock``: ``OUTPUT/.lock`` names the holder (host, pid, its start time in clock ticks, command).
   Locally an advisory ``flock``, released by the kernel when the holder dies, however it dies; a
   holder that is dead by ``/proc`` (gone, exiting, a zombie, its pid reused: ``liveness``) never
-  blocks a resume. On an object store a lease renewed every ``LEASE_RENEW_S`` (stale after
-  ``LEASE_STALE_S``).
+  blocks a resume. On an object store a lease object, taken by a conditional create (``lease``).
 """
 
 from __future__ import annotations
@@ -28,12 +27,11 @@ import time
 
 from icpc import storage
 from icpc.training import liveness
+from icpc.training.lease import Lease
 
 LOCK_FILE = ".lock"
 LEFT_BEHIND_WAIT_S = 15.0        # s to wait for a live process left by a dead holder to close the lock
 STOPPED_FILE = "stopped.json"   # written by rank 0 when a stop request ended the run after a checkpoint
-LEASE_RENEW_S = 20.0
-LEASE_STALE_S = 90.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -114,8 +112,7 @@ class OutputLock:
     def __init__(self, out: str):
         self.out, self.path = out, storage.join(out, LOCK_FILE)
         self._fd: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lease: Lease | None = None
 
     def acquire(self, wait_s: float = 0.0) -> "OutputLock":
         """Take the lock, retrying for up to ``wait_s`` seconds while a live holder has it.
@@ -168,22 +165,7 @@ class OutputLock:
         _LOCK_FDS.add(fd)
 
     def _acquire_lease(self) -> None:
-        if storage.exists(self.path):
-            held = storage.read_text(self.path)
-            with contextlib.suppress(ValueError, KeyError):
-                if time.time() - json.loads(held)["renewed"] < LEASE_STALE_S:
-                    raise FileExistsError(f"{self.out} is in use by a live training run ({_describe(held)}); stop "
-                                          f"it, wait for it to finish, or train into another --output")
-        info = holder_info()
-
-        def renew() -> None:
-            while True:
-                storage.write_text(self.path, json.dumps({**info, "renewed": time.time()}))
-                if self._stop.wait(LEASE_RENEW_S):
-                    return
-
-        self._thread = threading.Thread(target=renew, name="icpc-lease", daemon=True)
-        self._thread.start()
+        self._lease = Lease(self.path, holder_info, _describe).take(self.out)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -193,11 +175,9 @@ class OutputLock:
             os.close(self._fd)
             _LOCK_FDS.discard(self._fd)
             self._fd = None
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-            storage.remove(self.path)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 def check_unlocked(out: str) -> None:

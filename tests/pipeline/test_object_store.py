@@ -185,3 +185,50 @@ def test_a_training_output_in_a_bucket_checkpoints_resumes_and_evaluates(s3_serv
     run_cli("evaluate", "--checkpoint", f"{run}/last.pt", "--output", str(tmp_path / "eval"),
             "--set", "thresholds=[0.0,1.0]")
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["samples"] > 0
+
+
+# Takes the output lock of argv[1] once the file argv[2] exists (so the takers start together), prints
+# "took PID" or "refused REASON", and holds what it took until its stdin closes.
+LEASE_TAKER = """
+import os, sys, time
+from icpc.training.supervision import OutputLock
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    lock = OutputLock(sys.argv[1]).acquire()
+    print("took", os.getpid(), flush=True)
+except FileExistsError as exc:
+    lock = None
+    print("refused", exc, flush=True)
+sys.stdin.read()
+if lock is not None:
+    lock.release()
+"""
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-lease", "a-stale-lease"])
+def test_of_runs_taking_one_lease_at_the_same_moment_exactly_one_gets_it(s3_server, tmp_path, stale):
+    """The lease is a conditional create (If-None-Match: *), a stale one is replaced with If-Match: its ETag;
+    with read-then-write every taker saw no live lease and all three took it."""
+    client, prefix = s3_server, f"lease-{'stale' if stale else 'new'}"
+    if stale:  # a run that died an hour ago
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/.lock", Body=json.dumps(
+            {"host": "node-7", "pid": 4242, "started": "2026-12-02T05:00:00Z", "command": "icpc train ...",
+             "renewed": time.time() - 3600}).encode())
+    go = tmp_path / "go"
+    takers = [subprocess.Popen([sys.executable, "-c", LEASE_TAKER, f"s3://{BUCKET}/{prefix}", str(go)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        assert [t.stdout.readline().strip() for t in takers] == ["ready"] * 3
+        go.touch()
+        results = [t.stdout.readline().strip() for t in takers]
+        assert sorted(r.split()[0] for r in results) == ["refused", "refused", "took"], results
+        winner = next(int(r.split()[1]) for r in results if r.startswith("took"))
+        assert json.loads(get(client, f"{prefix}/.lock"))["pid"] == winner  # the lease names the run that has it
+        assert all("in use by a live training run" in r or "at the same moment" in r
+                   for r in results if r.startswith("refused")), results
+    finally:
+        for t in takers:
+            t.communicate(timeout=60)
+    assert ".lock" not in objects(client, prefix)  # the winner's release removed it
