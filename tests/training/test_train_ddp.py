@@ -275,6 +275,31 @@ def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(termi
     assert all(levels[r] == x["level"] for x in before + after for r in x["rows"])  # each at its drawn level
 
 
+def test_elastic_resume_one_rank_to_two_trains_each_remaining_sample_once(compressed, tmp_path):
+    from icpc.contract import draw_levels
+
+    out = tmp_path / "run"
+    proc = start(train_command(compressed, out, 2, nproc=1))
+    wait_for_trace(out, epoch=1, batch=5, proc=proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "continue with --resume" in text, text
+    before = [x for x in traces(out, ranks=(0,))[0] if x["epoch"] == 1]
+    resumed = subprocess.run(train_command(compressed, out, 2, "--resume", nproc=2), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 -> 2 ranks" in resumed.stdout
+    t = traces(out)
+    after = [x for r in (0, 1) for x in t[r] if x["epoch"] == 1 and x not in before]
+    assert after and {x["batch"] for x in t[1]} == {x["batch"] for x in t[0] if x not in before}  # in step
+    rows = [r for x in before + after for r in x["rows"]]
+    keys = train_rows(compressed)
+    assert sorted(rows) == list(range(len(keys)))  # the epoch's training samples, each exactly once
+    hashes = np.array([r["key_hash"] for r in index_rows(compressed) if r["split"] == "train"], dtype=np.uint64)
+    levels = draw_levels(0, 1, hashes, [1.0] * 5)
+    assert all(levels[r] == x["level"] for x in before + after for r in x["rows"])  # each at its drawn level
+
+
 def test_resume_refuses_a_different_run_naming_both_values(straight_run, compressed, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(straight_run, out)
