@@ -88,7 +88,7 @@ class SampleTable:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        with storage.open_read(self.index_location) as f:
+        with storage.arrow_file(self.index_location) as f:
             table = pq.read_table(f, columns=["key", "split"])
         keys = table.filter(pc.equal(table["split"], self.split))["key"].to_pylist()
         return keys if rows is None else [keys[i] for i in rows]
@@ -133,7 +133,7 @@ class Dataset:
         import pyarrow.parquet as pq
 
         wanted = None if columns is None else sorted(set(columns) | ({"split"} if split else set()))
-        with storage.open_read(self.index_location) as f:
+        with storage.arrow_file(self.index_location) as f:
             table = pq.read_table(f, columns=wanted)
         if split:
             table = table.filter(pc.equal(table["split"], split))

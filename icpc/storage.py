@@ -199,6 +199,20 @@ def open_read(location: str) -> IO[bytes]:
     return fs.open(path, "rb")
 
 
+def arrow_file(location: str):
+    """A pyarrow ``NativeFile`` to read ``location`` with pyarrow (Parquet): Arrow's own file for a local path,
+    the object's bytes in a ``BufferReader`` for a URL. Never a Python file object: Arrow wraps one in a C++
+    object whose destructor takes the GIL, and when an Arrow I/O thread drops the last reference while the
+    interpreter is finalizing, CPython ends that thread with ``pthread_exit`` inside a ``noexcept`` destructor:
+    the script aborts after its last line ("terminate called without an active exception", status 134).
+    """
+    import pyarrow as pa
+
+    if is_local(location):
+        return pa.OSFile(local_path(location), "r")
+    return pa.BufferReader(read_bytes(location))
+
+
 def read_ranges(location: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """The bytes ``[start, end)`` of each range; object stores fetch them concurrently (one GET each)."""
     if not ranges:

@@ -293,9 +293,9 @@ def load_run(out: str, version: str) -> tuple[pa.Table, list[Reject], Spec, list
     """What ``save_run`` saved: (listing, scan rejects, spec, classes)."""
     folder = runs.run_dir(out, version)
     try:
-        with storage.open_read(storage.join(folder, runs.LISTING_FILE)) as f:
+        with storage.arrow_file(storage.join(folder, runs.LISTING_FILE)) as f:
             listing = pq.read_table(f).cast(LISTING_SCHEMA)
-        with storage.open_read(storage.join(folder, runs.SCAN_REJECTS_FILE)) as f:
+        with storage.arrow_file(storage.join(folder, runs.SCAN_REJECTS_FILE)) as f:
             rejects = [Reject(**r) for r in pq.read_table(f).to_pylist()]
         saved = json.loads(storage.read_text(storage.join(folder, runs.SPEC_FILE)))
     except FileNotFoundError as exc:
@@ -442,7 +442,7 @@ def summarise_manifest(out: str, manifest: dict[str, Any], elapsed: float) -> di
     """The summary of a complete dataset (``--resume`` after the run already finished)."""
     spec = Spec.from_json(manifest["spec"])
     counts = manifest["counts"]
-    with storage.open_read(storage.join(out, manifest.get("rejects", REJECTS_FILE))) as f:
+    with storage.arrow_file(storage.join(out, manifest.get("rejects", REJECTS_FILE))) as f:
         rejects = pq.ParquetFile(f).metadata.num_rows
     return {"output": out, "version": manifest.get("version"), "samples": sum(counts.values()), "counts": counts,
             "rejects": rejects, "shards": len(manifest["shards"]), "bytes": sum(s["bytes"] for s in manifest["shards"]),

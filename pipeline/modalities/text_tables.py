@@ -73,7 +73,7 @@ def read_rows(path: str, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[s
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with storage.open_read(path) as f:
+        with storage.arrow_file(path) as f:
             table = pq.read_table(f)
         missing = [c for c in columns[:2] if c not in table.column_names]
         if missing:
