@@ -255,9 +255,18 @@ def test_a_checkpoint_of_the_per_tensor_adamw_resumes_on_the_fused_one_exactly(t
     same_weights(out / "last.pt", straight_run / "last.pt")
 
 
-def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(terminated, compressed, tmp_path):
+def each_sample_of_epoch_1_once_at_its_level(compressed: Path, steps: list[dict]) -> None:
+    """The traced ``steps`` of epoch 1 (seed 0, uniform draw) trained every training sample once, at its level."""
     from icpc.contract import draw_levels
 
+    rows = [r for x in steps for r in x["rows"]]
+    assert sorted(rows) == list(range(len(train_rows(compressed))))  # each training sample exactly once
+    hashes = np.array([r["key_hash"] for r in index_rows(compressed) if r["split"] == "train"], dtype=np.uint64)
+    levels = draw_levels(0, 1, hashes, [1.0] * 5)
+    assert all(levels[r] == x["level"] for x in steps for r in x["rows"])  # each at its drawn level
+
+
+def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(terminated, compressed, tmp_path):
     src, *_ = terminated
     out = tmp_path / "run"
     shutil.copytree(src, out)
@@ -267,17 +276,10 @@ def test_elastic_resume_two_ranks_to_one_trains_each_remaining_sample_once(termi
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "2 -> 1 ranks" in resumed.stdout
     after = [x for x in traces(out)[0] if x["epoch"] == 1 and x not in before]
-    rows = [r for x in before + after for r in x["rows"]]
-    keys = train_rows(compressed)
-    assert sorted(rows) == list(range(len(keys)))  # the epoch's training samples, each exactly once
-    hashes = np.array([r["key_hash"] for r in index_rows(compressed) if r["split"] == "train"], dtype=np.uint64)
-    levels = draw_levels(0, 1, hashes, [1.0] * 5)
-    assert all(levels[r] == x["level"] for x in before + after for r in x["rows"])  # each at its drawn level
+    each_sample_of_epoch_1_once_at_its_level(compressed, before + after)
 
 
 def test_elastic_resume_one_rank_to_two_trains_each_remaining_sample_once(compressed, tmp_path):
-    from icpc.contract import draw_levels
-
     out = tmp_path / "run"
     proc = start(train_command(compressed, out, 2, nproc=1))
     wait_for_trace(out, epoch=1, batch=5, proc=proc)
@@ -290,14 +292,11 @@ def test_elastic_resume_one_rank_to_two_trains_each_remaining_sample_once(compre
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 -> 2 ranks" in resumed.stdout
     t = traces(out)
-    after = [x for r in (0, 1) for x in t[r] if x["epoch"] == 1 and x not in before]
-    assert after and {x["batch"] for x in t[1]} == {x["batch"] for x in t[0] if x not in before}  # in step
-    rows = [r for x in before + after for r in x["rows"]]
-    keys = train_rows(compressed)
-    assert sorted(rows) == list(range(len(keys)))  # the epoch's training samples, each exactly once
-    hashes = np.array([r["key_hash"] for r in index_rows(compressed) if r["split"] == "train"], dtype=np.uint64)
-    levels = draw_levels(0, 1, hashes, [1.0] * 5)
-    assert all(levels[r] == x["level"] for x in before + after for r in x["rows"])  # each at its drawn level
+    after0 = [x for x in t[0] if x["epoch"] == 1 and x not in before]
+    after1 = [x for x in t[1] if x["epoch"] == 1]
+    assert after0 and [x["batch"] for x in after0] == [x["batch"] for x in after1]  # the two ranks in step
+    after = after0 + after1
+    each_sample_of_epoch_1_once_at_its_level(compressed, before + after)
 
 
 def test_resume_refuses_a_different_run_naming_both_values(straight_run, compressed, tmp_path):
