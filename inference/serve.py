@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from icpc import storage
 from icpc.contract import Spec
+from icpc.local_ray import init_local_ray
 from icpc.inference.admission import DelayAdmission, check_admission
 from icpc.inference.thresholds import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
 from icpc.inference.batcher import LevelBatcher
@@ -49,7 +50,9 @@ APP_NAME = "icpc"
 RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "queue_delay_target_s", "queue_delay_interval_s",
                   "request_timeout_s", "batching", "max_batch_size", "batch_wait_timeout_s")
 PROBE_PERIOD_S = 0.5     # each ingress replica pings the model this often (s)
-PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503
+PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503 ...
+BUSY_GRACE_S = 10.0      # ... unless the model answered a request this recently: then the ping only queued behind
+                         # work (an overloaded replica is busy, not dead; marking it down would 503 admitted requests)
 RETRY_AFTER_S = 1        # Retry-After (s) of a 503: a client backs off about one probe cycle
 DEPLOY_TIMEOUT_S = 300.0  # how long deploy() waits for the apps to run (replica start-up on a loaded machine)
 PROXY_GRACE_S = 5.0      # the proxy's timeout is the app's plus this, so the app's own JSON 504 comes first
@@ -276,6 +279,15 @@ class ModelHealth:
         self.since = time.time()
         self.info: dict[str, Any] = {}
         self.went_down = asyncio.Event()
+        self.last_answer = float("-inf")   # time.monotonic() of the model's newest answer to a request
+
+    def answered(self) -> None:
+        """A request got its answer from the model: proof of life that a ping queued behind work lacks."""
+        self.last_answer = time.monotonic()
+
+    def busy(self) -> bool:
+        """True when the model answered a request within BUSY_GRACE_S: a late ping means queued, not dead."""
+        return time.monotonic() - self.last_answer < BUSY_GRACE_S
 
     def up(self, info: dict[str, Any]) -> None:
         if not self.ready:
@@ -374,8 +386,10 @@ class Cascade:
                 self.health.up(await asyncio.wait_for(awaited(response), PROBE_TIMEOUT_S))
             except asyncio.TimeoutError:
                 response.cancel()
-                self.health.down(f"the model deployment did not answer a ping within {PROBE_TIMEOUT_S} s "
-                                 f"(no replica running; Serve replaces a dead one)")
+                # a ping that waited behind requests the model is answering means busy, not down
+                if not (self.health.ready and self.health.busy()):
+                    self.health.down(f"the model deployment did not answer a ping within {PROBE_TIMEOUT_S} s "
+                                     f"(no replica running; Serve replaces a dead one)")
             except Exception as exc:  # noqa: BLE001 - any failure to answer means not ready; the reason says which
                 self.health.down(f"the model deployment failed a ping: {type(exc).__name__}: {exc}")
             await asyncio.sleep(PROBE_PERIOD_S)
@@ -505,7 +519,9 @@ class Cascade:
             await asyncio.wait({call, went_down}, return_when=asyncio.FIRST_COMPLETED)
             if not call.done():
                 raise ModelUnavailable(self.health.reason)
-            return call.result()
+            result = call.result()
+            self.health.answered()
+            return result
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
             self.health.down(f"a model replica died mid-request ({type(exc).__name__}); Serve is replacing it")
             raise ModelUnavailable(self.health.reason) from None
@@ -684,7 +700,7 @@ def run_server(cfg: ServeConfig) -> None:
 
     cfg = serve_config(cfg)
     model = preflight(cfg)  # a missing thresholds file or a bad checkpoint is refused before Ray starts
-    ray.init(address="local", num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own (aborting) handler
     try:
         url = start_serve(cfg)

@@ -38,6 +38,7 @@ from icpc.codecs import plan_levels
 from icpc.config import to_dict
 from icpc.contract import SPLITS, Spec
 from icpc.dataset import INDEX_FILE, MANIFEST_FILE, REJECTS_FILE
+from icpc.local_ray import init_local_ray
 from icpc.pipeline import runs
 from icpc.pipeline.build import ShardActor, ShardTask, run_shard
 from icpc.pipeline.config import RUN_FIELDS, CompressConfig
@@ -106,8 +107,7 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
         # address="local": always a fresh embedded instance, never a stray cluster found in /tmp/ray.
         # No dashboard, so no unauthenticated job API; Ray 2.60 turns token auth on for the rest
         # unless RAY_AUTH_MODE says otherwise.
-        ray.init(address="local", num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False,
-                 log_to_driver=False)
+        init_local_ray(num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False, log_to_driver=False)
 
 
 def task_options(cfg: CompressConfig) -> dict[str, Any]:
