@@ -37,11 +37,15 @@ def ray_head(tmp_path):
     gcs, dash = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     temp = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                             "--include-dashboard=true", "--disable-usage-stats"],
-                            env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+
+    def start_head() -> subprocess.Popen:
+        return subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                                 "--include-dashboard=true", "--disable-usage-stats"],
+                                env=env, stdout=open(tmp_path / "head.log", "a"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    head, restarts = start_head(), 0
     address = f"http://127.0.0.1:{dash}"
     try:  # the head goes even when it never took a job (a failed setup runs no teardown after the yield)
         deadline = time.time() + 300  # a loaded machine takes minutes
@@ -50,7 +54,13 @@ def ray_head(tmp_path):
                                    capture_output=True)
             if probe.returncode == 0:
                 break
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            if head.poll() is not None:
+                log = (tmp_path / "head.log").read_text()
+                # Ray gives a raylet a fixed 30 s to register; a busy machine can outlast it: start the head again
+                assert "timed out during startup" in log and restarts < 2, log
+                if _group_alive(head.pid):  # what the failed head left (GCS, agents)
+                    os.killpg(head.pid, signal.SIGKILL)
+                head, restarts = start_head(), restarts + 1
             time.sleep(2)
         else:
             pytest.fail("ray head took no job in 300 s:\n" + (tmp_path / "head.log").read_text()
@@ -68,6 +78,14 @@ def ray_head(tmp_path):
         except ProcessLookupError:
             pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def test_compress_runs_unchanged_under_ray_job_submit(ray_head, image_folder, tmp_path):
