@@ -55,6 +55,7 @@ BUSY_GRACE_S = 10.0      # ... unless the model answered a request this recently
                          # work (an overloaded replica is busy, not dead; marking it down would 503 admitted requests)
 RETRY_AFTER_S = 1        # Retry-After (s) of a 503: a client backs off about one probe cycle
 DEPLOY_TIMEOUT_S = 300.0  # how long deploy() waits for the apps to run (replica start-up on a loaded machine)
+PROXY_READY_TIMEOUT_S = 60.0  # how long Serve's controller waits for its HTTP proxy to start (Serve's default: 5 s)
 PROXY_GRACE_S = 5.0      # the proxy's timeout is the app's plus this, so the app's own JSON 504 comes first
 
 
@@ -680,6 +681,16 @@ def http_options(cfg: ServeConfig) -> dict[str, Any]:
     return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
 
 
+def patient_proxy_start() -> None:
+    """Give Serve's HTTP proxy 60 s (not Serve's 5 s) to report ready, unless the user chose a value.
+
+    Serve's controller kills a proxy that is not ready within RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S, and
+    ``serve.start`` then fails with "the actor never ran - it was cancelled"; on a busy 2-core machine a
+    proxy took longer than 5 s. Set before Ray starts: the controller inherits the environment.
+    """
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))
+
+
 def start_serve(cfg: ServeConfig, *more: ServeConfig) -> str:
     """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` (Ray must be up) and deploy the app(s); returns the URL."""
     for c in (cfg, *more):
@@ -700,6 +711,7 @@ def run_server(cfg: ServeConfig) -> None:
 
     cfg = serve_config(cfg)
     model = preflight(cfg)  # a missing thresholds file or a bad checkpoint is refused before Ray starts
+    patient_proxy_start()
     init_local_ray(num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own (aborting) handler
     try:

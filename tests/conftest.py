@@ -13,6 +13,8 @@ import pytest
 # tests bind everything to 127.0.0.1 and run with auth off.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The Serve tests start Serve inside the session's Ray: its proxy gets the patience `icpc serve` gives it.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixtures that start real Ray, torchrun or Serve processes: a test using any of them (directly or
