@@ -57,7 +57,7 @@ def test_attention_scorer_keeps_the_most_attended_words():
 
 
 @pytest.mark.xfail(strict=False, reason="known regression on main 2026-12-07: the teacher's Ray actors die "
-                   "('worker died ... unexpected system error', ActorUnavailableError) in two runs, one quiet; "
+                   "('worker died ... unexpected system error', ActorUnavailableError) in two runs on a busy machine; "
                    "not yet diagnosed - see README 'Status and known limits'")
 def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
     from icpc.config import finalize
