@@ -259,8 +259,13 @@ class Classifier:
         return torch.cuda.stream(self.local.stream)
 
     async def ping(self) -> dict[str, Any]:
-        """Answered on the event loop, whatever the model is computing: what the ingress's readiness asks."""
-        return {"pid": os.getpid(), "device": self.device}
+        """Answered on the event loop, whatever the model is computing: what the ingress's readiness asks.
+        The replica's actor name lets the ingress ask Ray whether it is alive when a ping is late."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"pid": os.getpid(), "device": self.device,
+                "replica": [context.get_actor_name(), context.namespace]}
 
     def stats(self) -> dict[str, Any]:
         """Forward passes and requests so far, per level and in all (mean batch = items / batches), and the
@@ -281,6 +286,7 @@ class ModelHealth:
         self.info: dict[str, Any] = {}
         self.went_down = asyncio.Event()
         self.last_answer = float("-inf")   # time.monotonic() of the model's newest answer to a request
+        self.replicas: dict[str, str] = {}  # actor name -> namespace of every model replica that answered a ping
 
     def answered(self) -> None:
         """A request got its answer from the model: proof of life that a ping queued behind work lacks."""
@@ -294,6 +300,9 @@ class ModelHealth:
         if not self.ready:
             self.ready, self.reason, self.since = True, "answering", time.time()
             self.went_down = asyncio.Event()
+        name, namespace = info.pop("replica", (None, None))
+        if name:
+            self.replicas[name] = namespace
         self.info = info
 
     def down(self, reason: str) -> None:
@@ -387,13 +396,36 @@ class Cascade:
                 self.health.up(await asyncio.wait_for(awaited(response), PROBE_TIMEOUT_S))
             except asyncio.TimeoutError:
                 response.cancel()
-                # a ping that waited behind requests the model is answering means busy, not down
-                if not (self.health.ready and self.health.busy()):
+                # a ping that waited behind requests the model is answering means busy, not down -- unless
+                # Ray says no replica that answered is alive any more (killed: Serve routes to none meanwhile)
+                if not (self.health.ready and self.health.busy() and await self.a_replica_lives()):
                     self.health.down(f"the model deployment did not answer a ping within {PROBE_TIMEOUT_S} s "
                                      f"(no replica running; Serve replaces a dead one)")
             except Exception as exc:  # noqa: BLE001 - any failure to answer means not ready; the reason says which
                 self.health.down(f"the model deployment failed a ping: {type(exc).__name__}: {exc}")
             await asyncio.sleep(PROBE_PERIOD_S)
+
+    async def a_replica_lives(self) -> bool:
+        """Whether any model replica that answered a ping is still a live actor, as Ray's GCS says: a
+        SIGKILLed replica is dead there at once, long before BUSY_GRACE_S runs out."""
+        import ray
+
+        def alive(name: str, namespace: str) -> bool:
+            try:
+                ray.get_actor(name, namespace=namespace)
+                return True
+            except ValueError:   # the name is released: the actor is dead
+                return False
+
+        loop = asyncio.get_running_loop()
+        for name, namespace in list(self.health.replicas.items()):
+            try:
+                if await asyncio.wait_for(loop.run_in_executor(None, alive, name, namespace), PROBE_TIMEOUT_S):
+                    return True
+            except asyncio.TimeoutError:
+                return True       # the GCS is slow to answer: no evidence of death, keep calling it busy
+            del self.health.replicas[name]
+        return False
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
