@@ -155,6 +155,10 @@ def build(task: ShardTask, spec_json: dict[str, Any], timing: dict[str, float]) 
     builder, rejects = ShardBuilder(spec, modality.shared_positions, task.levels), []
     sandbox = Sandbox(spec_json, task.sample_timeout_s) if task.isolate else None
     armed = not task.isolate and _arm_alarm()
+    if modality.warm_up is not None and sandbox is None:  # before the per-sample alarm (the child warms up itself)
+        t = time.perf_counter()
+        modality.warm_up(spec)
+        timing["warm_up"] = time.perf_counter() - t
     try:
         for rec in task.records:
             stage, t = "read", time.perf_counter()

@@ -52,6 +52,8 @@ from icpc.progress import Progress
 # regions, not secrets: credentials come from each node's own configuration, e.g. an instance role).
 STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 PART_READERS = 8        # part files fetched at once while the index is written (object stores: one GET each)
+ACTOR_RESTART_WAIT_S = 600.0  # s a shard waits for a restarting actor (a busy node re-imports the model) before it counts as failed
+RESTART_POLL_S = 0.5         # s between offers of a shard to an actor that is restarting
 
 
 class RejectLimitError(ValueError):
@@ -130,6 +132,7 @@ class Executor:
         self.ray, self.cfg = ray, cfg
         options = task_options(cfg)
         self.pending: dict[Any, tuple[int, ShardTask, int]] = {}
+        self.on_actors: set[Any] = set()   # the pending calls that run on an actor (cannot be force-cancelled)
         if actors:  # e.g. text's teacher model, loaded once per actor; one copy per core
             n = max(1, int(ray.available_resources().get("CPU", 1)))
             actor = ray.remote(ShardActor).options(**options, max_restarts=-1, max_task_retries=0)
@@ -146,8 +149,9 @@ class Executor:
         return max(8, int(2 * cpus / self.cfg.cpus_per_task))
 
     def submit(self, i: int, task: ShardTask, attempt: int, spec_ref: Any) -> None:
-        if self.actors:  # a retry goes to another actor than the one that failed
+        if self.actors:  # a retry goes to another actor than the one that failed (the actors hold every CPU)
             ref = self.actors[(i + attempt) % len(self.actors)].build.remote(task, spec_ref)
+            self.on_actors.add(ref)
         else:
             ref = self.remote.remote(task, spec_ref)
         self.pending[ref] = (i, task, attempt)
@@ -155,18 +159,24 @@ class Executor:
     def next(self) -> tuple[int, ShardTask, int, Any]:
         [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
         i, task, attempt = self.pending.pop(ref)
+        self.on_actors.discard(ref)
         try:
             return i, task, attempt, self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # the task died (worker, node) or raised
             return i, task, attempt, exc
 
+    def never_ran(self, error: Exception) -> bool:
+        """The call was refused because its actor is restarting after a death (Ray ran nothing): not an attempt."""
+        return isinstance(error, self.ray.exceptions.ActorUnavailableError) and "restarting" in str(error)
+
     def cancel(self) -> None:
         for ref in self.pending:
             try:
-                self.ray.cancel(ref, force=not self.actors)
+                self.ray.cancel(ref, force=ref not in self.on_actors)
             except Exception:  # noqa: BLE001 - a task that already ended cannot be cancelled; nothing to do
                 pass
         self.pending.clear()
+        self.on_actors.clear()
 
 
 # ----------------------------------------------------------------------------- the job
@@ -327,6 +337,7 @@ def execute(cfg: CompressConfig, out: str, version: str, listing: pa.Table, plan
     counts = {"scan": scan_rejected}
     inputs = listing.num_rows + scan_rejected
     reused = retried = 0
+    restarting: dict[int, float] = {}   # shard -> when its call was first refused by a restarting actor
     bar = Progress(listing.num_rows, f"compress {cfg.modality}", unit="sample", enabled=progress)
 
     def task(i: int, attempt: int) -> ShardTask:
@@ -343,6 +354,13 @@ def execute(cfg: CompressConfig, out: str, version: str, listing: pa.Table, plan
                 i, attempt = queue.popleft()
                 ex.submit(i, task(i, attempt), attempt, spec_ref)
             i, t, attempt, result = ex.next()
+            if isinstance(result, Exception) and ex.never_ran(result):
+                waited = restarting.setdefault(i, time.monotonic())
+                if time.monotonic() - waited < ACTOR_RESTART_WAIT_S:  # the same attempt again, once the actor is back
+                    time.sleep(RESTART_POLL_S)
+                    queue.appendleft((i, attempt))
+                    continue
+            restarting.pop(i, None)
             if isinstance(result, Exception):
                 why = describe_failure(result)
                 if attempt >= cfg.task_retries:
@@ -434,7 +452,7 @@ def finish(cfg: CompressConfig, out: str, version: str, spec: Spec, classes: lis
         "reused_shards": sum(o["reused"] for o in outcomes),
         # seconds the tasks spent per step (wall), and their CPU seconds, summed over shards: where the time goes
         "task_seconds": {k: round(sum(o["timing"].get(k, 0.0) for o in outcomes), 2)
-                         for k in ("check", "read", "compress", "write", "cpu")},
+                         for k in ("check", "warm_up", "read", "compress", "write", "cpu")},
     }
 
 

@@ -140,6 +140,8 @@ def _serve(req_fd: int, res_fd: int) -> None:
 
     spec = Spec.from_json(_read(req_fd, None))
     modality = get_modality(spec.modality)
+    if modality.warm_up is not None:  # within START_TIMEOUT_S, not the first sample's timeout
+        modality.warm_up(spec)
     _write(res_fd, ("ready", None))
     while True:
         try:

@@ -47,6 +47,9 @@ class Modality:
         (settings, training records, dataset folder URL) -> Spec, used instead of build_spec.
     needs_actors: settings -> whether compression must run in long-lived Ray actors (a model that
         is loaded once per process, e.g. text's teacher).
+    warm_up: optional spec -> None that loads what compression caches per process (a tokenizer, a
+        teacher model) before the first sample, so that a slow load on a busy node is not counted
+        against the per-sample timeout (``sample_timeout_s``) and cannot kill the process as a hang.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Modality:
     shared_positions: bool = True
     prepare: Callable[[Any, list, str], Spec] | None = None
     needs_actors: Callable[[Any], bool] = lambda settings: False
+    warm_up: Callable[[Spec], None] | None = None
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:

@@ -239,8 +239,18 @@ def prepare(cfg: TextConfig, train: list, out_dir: str) -> Spec:
     return spec
 
 
+def warm_up(spec: Spec) -> None:
+    """Load this process's spaCy pipeline and tokenizer, and with ``scorer=attention`` the teacher."""
+    tok = spec.tokenization
+    resources(tok)
+    if tok["scorer"] == "attention":
+        from icpc.pipeline.modalities.text_teacher import warm_up_teacher
+
+        warm_up_teacher()
+
+
 MODALITY = Modality(
     name="text", config_type=TextConfig, build_spec=build_spec, scan=scan_text_tables, decode=decode,
     compress=compress, media_types=("text/plain",), json_field="text", embedding="vocab", shared_positions=False,
-    prepare=prepare, needs_actors=lambda cfg: cfg.scorer == "attention",
+    prepare=prepare, needs_actors=lambda cfg: cfg.scorer == "attention", warm_up=warm_up,
 )

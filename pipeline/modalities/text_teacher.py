@@ -33,6 +33,12 @@ def teacher():
     return BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, attn_implementation="eager").eval()
 
 
+def warm_up_teacher() -> None:
+    """Load the teacher and its tokenizer now (both cached for the process)."""
+    load_tokenizer(MINILM)
+    teacher()
+
+
 def cls_attention(text: str, spans: Sequence[tuple[int, int]]) -> np.ndarray:
     """float64 ``(len(spans),)``: last-layer, head-averaged attention from [CLS] summed over each word's sub-tokens.
 

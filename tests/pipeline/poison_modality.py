@@ -4,11 +4,16 @@ An input whose bytes start with ``ICPC-ABORT`` makes the decoder call ``os.abort
 native decoder's failed assertion would), one starting with ``ICPC-HANG`` makes it sleep for an
 hour; ``ICPC_TEST_DELAY_S`` slows every decode down so that fault tests can strike mid-job. Shards
 hold exactly what the image modality writes for the same inputs.
+
+The modality ``slowstart`` is the image modality with a per-process resource that takes
+``WARM_UP_S`` to load (as text's teacher model does on a busy node), loaded by its first decode
+or by its ``warm_up`` hook, and run in long-lived Ray actors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -32,3 +37,23 @@ def build_spec(cfg):
 
 
 MODALITY = register(dataclasses.replace(image.MODALITY, name="poison", build_spec=build_spec, decode=decode))
+
+
+WARM_UP_S = 6.0
+
+
+@functools.lru_cache(maxsize=1)
+def slow_resource() -> bool:
+    time.sleep(WARM_UP_S)
+    return True
+
+
+def slowstart_decode(data: bytes, spec):
+    slow_resource()
+    return image.decode(data, spec)
+
+
+SLOWSTART = register(dataclasses.replace(
+    image.MODALITY, name="slowstart", decode=slowstart_decode, needs_actors=lambda cfg: True,
+    build_spec=lambda cfg: dataclasses.replace(image.build_spec(cfg), modality="slowstart"),
+    warm_up=lambda spec: slow_resource()))

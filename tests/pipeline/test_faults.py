@@ -231,6 +231,24 @@ def test_inputs_that_abort_or_hang_the_decoder_become_rejects(image_folder, ray_
 
 
 @pytest.mark.integration
+def test_a_slow_per_process_load_is_not_a_hang(image_folder, ray_local, poison_plugin, tmp_path):
+    """A resource loaded once per process (text's teacher model) that takes longer than the per-sample
+    timeout loads in the modality's warm-up, outside the timeout: no actor killed, nothing retried or
+    rejected. (Before 2026-12-07 the first sample loaded it under the alarm: on a busy machine the
+    teacher's actors died as hangs.)"""
+    from tests.pipeline.poison_modality import WARM_UP_S
+
+    folder = small_folder(tmp_path / "in", image_folder, 6)
+    out = tmp_path / "out"
+    timeout = WARM_UP_S / 2
+    summary = _compress(modality="slowstart", input=str(folder), output=str(out), shard_samples=8,
+                        sample_timeout_s=timeout)
+    assert summary["rejects"] == 0 and summary["retried_shards"] == 0, summary
+    assert summary["task_seconds"]["warm_up"] >= WARM_UP_S * 0.9, summary["task_seconds"]
+    once_each(out, folder)
+
+
+@pytest.mark.integration
 def test_task_retries_are_bounded(image_folder, ray_local, poison_plugin, tmp_path):
     from icpc.pipeline.job import ShardFailedError
 

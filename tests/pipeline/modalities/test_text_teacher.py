@@ -56,9 +56,6 @@ def test_attention_scorer_keeps_the_most_attended_words():
     assert levels[1][1].tolist() == [0, *[i + 1 for i in expected], 11]   # one piece per word: position = word + 1
 
 
-@pytest.mark.xfail(strict=False, reason="known regression on main 2026-12-07: the teacher's Ray actors die "
-                   "('worker died ... unexpected system error', ActorUnavailableError) in two runs on a busy machine; "
-                   "not yet diagnosed - see README 'Status and known limits'")
 def test_compress_job_runs_the_teacher_in_ray_actors(ray_local, tmp_path):
     from icpc.config import finalize
     from icpc.pipeline.config import CompressConfig
