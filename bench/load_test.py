@@ -18,7 +18,9 @@ waits its Retry-After before the next request, as a well-behaved client does. Wi
 last phase kills the model replica (SIGKILL of the pid it reports) mid-run and records how long
 requests waited, what they got and what ``/healthz`` said until Serve's replacement answered.
 The clients run on the same cores as the server: on a 2-core machine they take a share of it,
-reported as the client's CPU ms per request (``--client-cpus`` pins them).
+reported as the client's CPU ms per request (``--client-cpus`` pins them). ``--client wrk`` drives the
+load with ``wrk`` (Debian package; ``bench/wrk_post.lua``: one connection per wrk thread, per-request
+latency and status, Retry-After honoured), which costs the server's cores far less than aiohttp.
 
 Overload (issue 26): ``--saturation 2,4,8,16,32`` first finds the smallest client count whose
 throughput is within 10% of the best (1x, on the first arm), then measures 1x and 4x for every arm;
@@ -39,6 +41,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,6 +120,46 @@ async def run_phase(url: str, samples: list[dict], clients: int, seconds: float,
     return records
 
 
+WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+
+
+def run_phase_wrk(url: str, samples: list[dict], clients: int, seconds: float, workdir: Path,
+                  retry_after: bool = True) -> list[dict]:
+    """The same phase driven by ``wrk`` (C, one connection per wrk thread, ``wrk_post.lua``): a client that
+    takes microseconds of CPU per request, where aiohttp takes about a millisecond from the server's cores.
+    One record per response, as ``run_phase`` makes them (no server timing breakdown)."""
+    import subprocess
+    import uuid
+
+    types = {s["content_type"] for s in samples}
+    if len(types) != 1:
+        raise SystemExit(f"--client wrk sends one Content-Type; the samples have {sorted(types)}")
+    bodies = workdir / "bodies"
+    if not bodies.exists():
+        bodies.mkdir(parents=True)
+        for i, s in enumerate(samples):
+            (bodies / str(i)).write_bytes(s["data"])
+    out = workdir / f"phase-{uuid.uuid4().hex[:8]}"
+    start = time.monotonic()
+    cmd = ["wrk", "-t", str(clients), "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "60s",
+           "-s", str(WRK_SCRIPT), f"{url}/v1/predict", "--", str(bodies), str(len(samples)), types.pop(), str(out),
+           "1" if retry_after else "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    records = []
+    for part in workdir.glob(out.name + ".*"):
+        for line in part.read_text().splitlines():
+            status, started, elapsed, is_json, level, label, tried, server_ms, sample = line.split()
+            s = int(sample)
+            records.append({"t0": float(started) / 1e6 - start, "sample": s, "status": int(status),
+                            "ms": float(elapsed) / 1000, "json": is_json == "1", "level": int(level),
+                            "tried": int(tried), "correct": int(status) == 200 and int(label) == samples[s]["label"],
+                            "timing": None, "server_ms": float(server_ms)})
+        part.unlink()
+    return records
+
+
 async def watch_health(url: str, seconds: float, period: float = 0.1) -> list[dict]:
     """``/healthz`` every ``period`` s for ``seconds``: (t, status, ms)."""
     import aiohttp
@@ -153,7 +196,7 @@ def cpu_seconds() -> dict[str, float]:
             if needle in title:
                 out[kind] += (int(fields[11]) + int(fields[12])) / tick
     t = os.times()
-    out["client"] = t.user + t.system
+    out["client"] = t.user + t.system + t.children_user + t.children_system   # children: wrk, once it ended
     return out
 
 
@@ -317,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--saturation", default="", metavar="N,N,...",
                    help="first sweep these client counts on the first arm, take the smallest whose throughput is "
                         "within 10%% of the sweep's best as 1x, and measure 1x and --overload x it (replaces --clients)")
+    p.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp",
+                   help="load generator: aiohttp in this process (default), or wrk (Debian; C, one connection per "
+                        "thread, bench/wrk_post.lua), whose CPU per request is a fraction of aiohttp's")
     p.add_argument("--client-cpus", default="", metavar="N,N",
                    help="pin the clients (this process's main thread, after Ray started) to these CPU ids")
     p.add_argument("--overload", type=int, default=4, help="the overload factor of --saturation (default 4)")
@@ -333,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from icpc.config import finalize
-    from icpc.inference.calibrate import OFF, raw_inputs
-    from icpc.inference.serve import APP_NAME, ServeConfig, deploy, model_info, start_serve
+    from icpc.inference.calibrate import raw_inputs
+    from icpc.inference.thresholds import OFF
+    from icpc.inference.serve import APP_NAME, ServeConfig, deploy, model_info, patient_proxy_start, start_serve
     from icpc.modelio import load_checkpoint
 
     data = args.data or load_checkpoint(args.checkpoint)["data"]
@@ -346,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = len(model_info(args.checkpoint)["spec"]["ladder"])
     level0 = [0.0] + [OFF] * (levels - 1)
     load_before = os.getloadavg()
+    patient_proxy_start()   # before Ray starts: Serve's controller inherits it
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     phases: list[dict] = []
     sweep: list[dict] = []
@@ -357,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.client_cpus:   # the calling thread only: Ray's processes and threads keep every core
             os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
         pids: list[int] = []
+        workdir = Path(tempfile.mkdtemp(prefix="icpc-load-"))
+
+        def load(clients: int, seconds: float) -> list[dict]:
+            if args.client == "wrk":
+                return run_phase_wrk(url, samples, clients, seconds, workdir, not args.ignore_retry_after)
+            return asyncio.run(run_phase(url, samples, clients, seconds, counter, not args.ignore_retry_after))
 
         def measure(arm: str, clients: int, rnd: int) -> dict:
             """One phase: the arm deployed through user_config, warm-up, then ``args.seconds`` measured."""
@@ -365,10 +419,10 @@ def main(argv: list[str] | None = None) -> int:
                 change["set_thresholds"] = level0
             arm_cfg = ServeConfig(**{**cfg.__dict__, **change})
             deploy(arm_cfg)
-            asyncio.run(run_phase(url, samples, clients, args.warmup, counter, not args.ignore_retry_after))
+            load(clients, args.warmup)
             before, cpu0 = model_stats(classifier), cpu_seconds()
             t0 = time.perf_counter()
-            records = asyncio.run(run_phase(url, samples, clients, args.seconds, counter, not args.ignore_retry_after))
+            records = load(clients, args.seconds)
             elapsed = time.perf_counter() - t0
             after, cpu1 = model_stats(classifier), cpu_seconds()
             assert after["batching"] == arm_cfg.batching and after["pid"] == before["pid"]
@@ -406,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
     report = {"command": " ".join([sys.executable, *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
-              "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "cpus": os.cpu_count(), "client": args.client, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "samples": len(samples), "split": args.split,
               "model": {k: v for k, v in model_info(args.checkpoint).items() if k != "spec"},
               "serve": cfg.__dict__, "phases": phases, "kill": kill,
