@@ -15,6 +15,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The Serve tests start Serve inside the session's Ray: its proxy gets the patience `icpc serve` gives it.
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+# Ray's workers at the tests' own priority, not Ray's nice 15 (as icpc.local_ray does for an embedded Ray);
+# here also for the `ray start` heads and benches the tests start themselves. On a busy machine, nice-15
+# workers beside nice-0 CPU hogs got ~1/30 of a core: Serve deployments did not start in 300 s.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 # Fixtures that start real Ray, torchrun or Serve processes: a test using any of them (directly or
