@@ -20,10 +20,16 @@ from tests.readers import index_rows, manifest
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now (all held open until each is chosen)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture
@@ -33,15 +39,21 @@ def ray_head(tmp_path):
     It keeps its sessions and its address file in a temp dir of its own: ``ray start`` writes the
     address into ``TEMP/ray_current_cluster``, and one left in the default /tmp/ray by a head that was
     killed would send a later plain ``ray.init()`` or ``serve run`` to a cluster that is gone.
+    Every port it listens on is a free one, not Ray's fixed defaults: two suites on one machine (a
+    second suite as the CPU hog of the other) each started a head, and the second one's dashboard
+    agent could not bind 52365, so its job API never took a job (both loaded CI runs, 2026-12-07).
     """
-    gcs, dash = _free_port(), _free_port()
+    names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+    gcs, dash, *more = _free_ports(2 + len(names))
+    ports = [f"--{name}={port}" for name, port in zip(names, more)]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     temp = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
 
     def start_head() -> subprocess.Popen:
         return subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
                                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                                 "--include-dashboard=true", "--disable-usage-stats"],
+                                 "--include-dashboard=true", "--disable-usage-stats", *ports],
                                 env=env, stdout=open(tmp_path / "head.log", "a"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
@@ -60,8 +72,7 @@ def ray_head(tmp_path):
                 started_too_slowly = ("timed out during startup" in log          # the raylet's 30 s
                                       or "Timed out waiting for node info" in log)  # the client server's wait
                 assert started_too_slowly and restarts < 2, log
-                if _group_alive(head.pid):  # what the failed head left (GCS, agents)
-                    os.killpg(head.pid, signal.SIGKILL)
+                _kill_group(head.pid)  # what the failed head left (GCS, agents)
                 head, restarts = start_head(), restarts + 1
             time.sleep(2)
         else:
@@ -75,19 +86,16 @@ def ray_head(tmp_path):
             head.wait(60)
         except subprocess.TimeoutExpired:
             pass
-        try:  # whatever of the group outlived the head (GCS, raylet, agents)
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(head.pid)  # whatever of the group outlived the head (GCS, raylet, agents)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _group_alive(pgid: int) -> bool:
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group (nothing, if its last process ended meanwhile)."""
     try:
-        os.killpg(pgid, 0)
-        return True
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        return False
+        pass
 
 
 def test_compress_runs_unchanged_under_ray_job_submit(ray_head, image_folder, tmp_path):
