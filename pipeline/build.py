@@ -172,7 +172,8 @@ def build(task: ShardTask, spec_json: dict[str, Any], timing: dict[str, float]) 
                     with alarm(task.sample_timeout_s, armed):
                         out = modality.compress_bytes(data, spec)
                     levels, meta = out.levels, out.meta
-                builder.add(rec, levels, meta)
+                as_input = builder.layout[0].get("as_input") and modality.level0_as_input is not None
+                builder.add(rec, levels, meta, modality.level0_as_input(data, spec) if as_input else None)
                 timing["compress"] += time.perf_counter() - t1
             except SampleError as exc:
                 rejects.append({"key": rec["key"], "source": rec["source"], "stage": stage, "error": str(exc)})

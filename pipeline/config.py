@@ -47,13 +47,16 @@ class CompressSettings:
     max_in_flight: int = 0            # shard tasks submitted at once; 0 = 2 per CPU slot of the cluster (bounds driver memory)
     list_threads: int = 16            # class folders (prefixes) listed at once; CSV rows looked up at once
     codecs: str = "auto"              # payload codec per level (the member suffix, named in the manifest): auto = the
-                                      # modality's default (pixels: png below lossy_min_side, jpg from it up; spectrograms
+                                      # modality's default (pixels: npy.zst below lossy_min_side, jpg from it up; spectrograms
                                       # and float tokens: npy.zst; text: npy of uint16 ids and positions); or one of npy,
                                       # npy.zst, png, jpg, webp for every level; or one per level: "jpg,jpg,png,png,png"
     codec_quality: list[int] = field(default_factory=lambda: [90, 85])  # quality (1-100) of lossy levels (jpg, webp),
                                       # per level; the last value holds for the rest: level 0 at 90, the others at 85
-    lossy_min_side: int = 64          # px: auto stores pixel levels at least this wide as jpg, smaller ones as png (0 =
-                                      # never lossy)
+    lossy_min_side: int = 64          # px: auto stores pixel levels at least this wide as jpg, smaller ones as npy.zst
+                                      # (0 = never lossy)
+    level0_as_input: bool = True      # a jpg level 0 stores an input that already is its picture (a JPEG of the reference
+                                      # side, image.sides[0], in image.channels) as the input's own bytes, metadata dropped:
+                                      # no second JPEG generation, no encode; false = always re-encode at codec_quality
 
     def validate(self) -> list[str]:
         errors = []
@@ -93,7 +96,8 @@ class CompressSettings:
             return []   # the spec needs the corpus pass (text): checked when the job starts
         try:
             spec = modality.build_spec(self.settings)
-            plan_levels(spec, modality.shared_positions, self.codecs, self.codec_quality, self.lossy_min_side)
+            plan_levels(spec, modality.shared_positions, self.codecs, self.codec_quality, self.lossy_min_side,
+                        self.level0_as_input and modality.level0_as_input is not None)
         except ValueError as exc:
             return [str(exc)]
         return []

@@ -281,8 +281,9 @@ def _split_rows(listing: pa.Table, split: str) -> pa.Table:
 
 def level_layout(cfg: CompressConfig, spec: Spec) -> list[dict[str, Any]]:
     """The codec of every level (the manifest's ``layout.levels``) from the config."""
-    return plan_levels(spec, get_modality(cfg.modality).shared_positions, cfg.codecs, cfg.codec_quality,
-                       cfg.lossy_min_side)
+    modality = get_modality(cfg.modality)
+    return plan_levels(spec, modality.shared_positions, cfg.codecs, cfg.codec_quality, cfg.lossy_min_side,
+                       cfg.level0_as_input and modality.level0_as_input is not None)
 
 
 def spec_digest(spec_json: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icpc import storage
-from icpc.codecs import encode_level, plan_levels
+from icpc.codecs import decode, encode_level, plan_levels
 from icpc.contract import (LABEL_FIELD, LAYOUT, META_FIELD, SCHEMA_VERSION, TAR_BLOCK, TAR_NAME_MAX, Spec, key_hash,
                            member_name, payload_crc)
 from icpc.dataset import MANIFEST_FILE
@@ -103,9 +103,13 @@ class ShardBuilder:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, record: Mapping[str, Any], levels: list[tuple[np.ndarray, np.ndarray]], meta: Mapping[str, Any]) -> None:
+    def add(self, record: Mapping[str, Any], levels: list[tuple[np.ndarray, np.ndarray]], meta: Mapping[str, Any],
+            level0: bytes | None = None) -> None:
         """One compressed sample: ``record`` (key, source, split, label, label_name), every level, compressor meta.
 
+        ``level0``: level 0's member as the input's own bytes (``Modality.level0_as_input``), stored
+        instead of an encoding of level 0's tokens where the layout marks level 0 ``as_input`` and
+        the bytes decode, with the reader's decoder, to level 0's shape; else level 0 is encoded.
         Raises ValueError (the sample becomes a reject) when it cannot be stored as it is.
         """
         key = record["key"]
@@ -131,16 +135,31 @@ class ShardBuilder:
                 elif not np.array_equal(self.positions[i], positions):
                     raise AssertionError(f"{key} level {i}: positions differ from the level's shared ones; "
                                          f"the modality must not declare shared_positions")
-            payloads.append((self.layout[i]["field"], encode_level(tokens, positions, self.spec, i, self.layout[i])))
+            stored = level0 if i == 0 and self._takes_as_input(level0) else None
+            payloads.append((self.layout[i]["field"],
+                             stored if stored is not None else encode_level(tokens, positions, self.spec, i, self.layout[i])))
             counts.append(len(tokens))
         row = {"key": key, "source": record["source"], "split": record["split"],
                "label": int(record["label"]), "label_name": record["label_name"], **dict(meta)}
         sidecar = {"key": key, "label": row["label"], "label_name": row["label_name"], "tokens": counts, **dict(meta)}
+        if level0 is not None and payloads[0][1] is level0:
+            sidecar["level0_as_input"] = True
         payloads += [(LABEL_FIELD, str(row["label"]).encode()),
                      (META_FIELD, json.dumps(sidecar, separators=(",", ":"), default=_json_scalar).encode())]
         self.members.append(payloads)
         self.tokens.append(counts)
         self.rows.append(row)
+
+    def _takes_as_input(self, data: bytes | None) -> bool:
+        """Whether ``data`` may be level 0's member: the layout allows it and the reader decodes it to the level's shape."""
+        entry = self.layout[0]
+        if data is None or not entry.get("as_input"):
+            return False
+        try:
+            decode(data, entry["codec"], entry.get("shape"))
+        except ValueError:
+            return False
+        return True
 
     def write(self, location: str, name: str, split: str) -> ShardInfo:
         """Write the shard to ``location`` atomically; ``name`` is its path relative to the dataset root."""

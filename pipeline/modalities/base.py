@@ -50,6 +50,9 @@ class Modality:
     warm_up: optional spec -> None that loads what compression caches per process (a tokenizer, a
         teacher model) before the first sample, so that a slow load on a busy node is not counted
         against the per-sample timeout (``sample_timeout_s``) and cannot kill the process as a hang.
+    level0_as_input: optional (raw bytes of one input, spec) -> the bytes to store as level 0's
+        member when the input already is level 0 in the level's codec (image: a JPEG of the
+        reference side), else None; used where the manifest marks level 0 ``as_input``.
     """
 
     name: str
@@ -65,6 +68,7 @@ class Modality:
     prepare: Callable[[Any, list, str], Spec] | None = None
     needs_actors: Callable[[Any], bool] = lambda settings: False
     warm_up: Callable[[Spec], None] | None = None
+    level0_as_input: Callable[[bytes, Spec], bytes | None] | None = None
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from icpc.codecs import jpeg_as_level
 from icpc.contract import Level, Spec, consistent_positions
 from icpc.pipeline.modalities.base import Compressed, Modality
 from icpc.pipeline.scan import file_scanner
@@ -101,7 +102,15 @@ def compress(square, spec: Spec, levels: Sequence[int] | None = None) -> Compres
     return Compressed(out)
 
 
+def level0_as_input(data: bytes, spec: Spec) -> bytes | None:
+    """The input's own bytes as level 0's ``jpg`` member when it is a JPEG of exactly the reference
+    side in the dataset's channels (``decode`` then crops nothing and ``compress``'s level 0 is its
+    pixels), else None."""
+    return jpeg_as_level(data, int(spec.ladder[0].params["side"]), int(spec.tokenization["channels"]))
+
+
 MODALITY = Modality(
     name="image", config_type=ImageConfig, build_spec=build_spec, scan=file_scanner(IMAGE_EXTENSIONS),
     decode=decode, compress=compress, media_types=("image/",), embedding="linear", shared_positions=True,
+    level0_as_input=level0_as_input,
 )

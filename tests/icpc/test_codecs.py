@@ -125,3 +125,67 @@ def test_video_levels_are_frame_stacks_jpeg_from_64_px():
     assert Image.open(io.BytesIO(data)).size == (32, 4 * 32)   # the 4 frames stacked vertically
     got, _ = decode_level(data, spec, level, plan[level], 32, np.arange(32))
     np.testing.assert_array_equal(got, tokens)
+
+
+# ----------------------------------------------------------------------------- level 0 as the input's own JPEG
+
+
+def _jpeg(side: int = 32, mode: str = "RGB", **save) -> bytes:
+    """A smooth picture of ``side`` px as JPEG bytes (Pillow), with any ``save`` options (exif, comment, ...)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side]
+    pixels = np.stack([y * 5, x * 5, (x + y) * 2], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", quality=88, **save)
+    return buf.getvalue()
+
+
+def _segments(data: bytes) -> list[int]:
+    """The markers of ``data``'s header segments before its scan (ITU T.81 B.1)."""
+    out, i = [], 2
+    while data[i + 1] != 0xDA:
+        out.append(data[i + 1])
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return out
+
+
+def test_a_jpeg_of_the_level_is_kept_as_is_without_its_metadata():
+    from PIL import Image
+
+    from icpc.codecs import jpeg_as_level
+
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # orientation: rotated; no decoder here applies it
+    data = _jpeg(exif=exif.tobytes(), comment=b"camera notes", icc_profile=b"\0" * 300)
+    assert {0xE1, 0xE2, 0xFE} <= set(_segments(data))
+    kept = jpeg_as_level(data, 32, 3)
+    assert kept is not None and len(kept) < len(data) and 0xE0 in _segments(kept)
+    assert not {0xE1, 0xE2, 0xFE} & set(_segments(kept))
+    assert kept.endswith(data[data.index(b"\xff\xda"):])         # the scan is copied byte for byte
+    # the same pixels through both decoders (the reader's, and Pillow's on the input)
+    np.testing.assert_array_equal(decode(kept, "jpg", (32, 32, 3)), np.asarray(Image.open(io.BytesIO(data))))
+    assert jpeg_as_level(_jpeg(progressive=True), 32, 3) is not None
+    assert jpeg_as_level(_jpeg(mode="L"), 32, 1) is not None
+
+
+@pytest.mark.parametrize("case", ["other side", "grey for colour", "colour for grey", "cmyk", "png", "truncated",
+                                  "not a jpeg"])
+def test_an_input_that_is_not_the_level_is_encoded_instead(case):
+    from PIL import Image
+
+    from icpc.codecs import jpeg_as_level
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buf, "PNG")
+    data, channels = {"other side": (_jpeg(side=40), 3), "grey for colour": (_jpeg(mode="L"), 3),
+                      "colour for grey": (_jpeg(), 1), "cmyk": (_jpeg(mode="CMYK"), 3), "png": (buf.getvalue(), 3),
+                      "truncated": (_jpeg()[:150], 3), "not a jpeg": (b"\xff\xd8 plain text", 3)}[case]
+    assert jpeg_as_level(data, 32, channels) is None
+
+
+def test_plan_marks_only_a_jpeg_level_0_as_input():
+    rgb = image_spec(ImageConfig(sides=[224, 96, 48], patch=16, channels=3))
+    assert [e.get("as_input", False) for e in plan_levels(rgb, True, as_input=True)] == [True, False, False]
+    assert not any(e.get("as_input") for e in plan_levels(rgb, True))
+    assert not any(e.get("as_input") for e in plan_levels(rgb, True, "png", as_input=True))

@@ -170,3 +170,59 @@ def test_energon_prepare_counts_and_reads_one_sample_per_input(compressed, tmp_p
     val = {r["key"]: r["label"] for r in index_rows(compressed) if r["split"] == "val"}
     assert {k: v[0] for k, v in samples.items()} == val
     assert all(v[1] == [[s, s, 1] for s in (28, 24, 20, 16, 12)] for v in samples.values())
+
+
+def test_level0_stores_a_jpeg_input_of_the_reference_side_as_its_own_bytes(image_folder, ray_local, tmp_path):
+    """A JPEG input already at level 0's side is stored as is (its Exif dropped), read back by tarfile and
+    webdataset as the input's pixels; other inputs, and every input with ``level0_as_input=false``, are encoded."""
+    import tarfile
+
+    from PIL import Image
+
+    from icpc.codecs import jpeg_as_level
+    from icpc.config import finalize
+    from icpc.pipeline.config import CompressConfig
+    from icpc.pipeline.job import run_compress
+
+    inputs, exif = tmp_path / "in", Image.Exif()
+    exif[0x010F] = "camera"
+    as_is = {}
+    for label in ("Coat", "Sandal"):
+        (inputs / label).mkdir(parents=True)
+        for i, png in enumerate(sorted((image_folder / "train" / label).glob("*.png"))[:6]):
+            side = 64 if i % 3 else 48            # one in three is not level 0's side: encoded
+            picture = Image.open(png).convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+            picture.save(inputs / label / f"{png.stem}.jpg", quality=93, exif=exif.tobytes())
+            if side == 64:
+                as_is[png.stem] = (inputs / label / f"{png.stem}.jpg").read_bytes()
+    settings = ["image.sides=[64,32]", "image.patch=16", "image.channels=3", "lossy_min_side=32",
+                "val_fraction=0", "test_fraction=0"]
+    for flag, out in ((True, tmp_path / "kept"), (False, tmp_path / "encoded")):
+        run_compress(finalize(CompressConfig(input=str(inputs), output=str(out)),
+                              settings + [f"level0_as_input={str(flag).lower()}"]), progress=False)
+        m = manifest(out)
+        assert m["layout"]["levels"][0]["codec"] == "jpg" and m["layout"]["levels"][0].get("as_input", False) is flag
+        members, sidecars = {}, {}
+        for shard in m["shards"]:
+            with tarfile.open(out / shard["name"]) as tar:
+                for member in tar.getmembers():
+                    key, field = member.name.split(".", 1)
+                    if field == "l0.jpg":
+                        members[key] = tar.extractfile(member).read()
+                    elif field == "json":
+                        sidecars[key] = json.loads(tar.extractfile(member).read())
+        assert len(members) == 12
+        source = {r["key"]: r["source"].rsplit("/", 1)[-1][:-len(".jpg")] for r in index_rows(out)}
+        members = {source[k]: data for k, data in members.items()}
+        sidecars = {source[k]: meta for k, meta in sidecars.items()}
+        stored = {k for k in members if sidecars[k].get("level0_as_input")}
+        assert stored == (set(as_is) if flag else set())
+        for key, data in members.items():
+            picture = np.asarray(Image.open(io.BytesIO(data)))
+            assert picture.shape == (64, 64, 3)
+            if key in stored:   # the input's bytes less its metadata: the input's pixels exactly
+                assert data == jpeg_as_level(as_is[key], 64, 3) and len(data) < len(as_is[key])
+                assert b"camera" in as_is[key] and b"camera" not in data
+                np.testing.assert_array_equal(picture, np.asarray(Image.open(io.BytesIO(as_is[key]))))
+            elif key in as_is:   # re-encoded at codec_quality: a second JPEG generation
+                assert data != jpeg_as_level(as_is[key], 64, 3)
