@@ -209,8 +209,8 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     rejected = [r["ms"] for r in records if r["status"] == 503]
     json_503 = [r for r in records if r["status"] == 503 and r["json"]]
-    timing = {k: float(np.mean([r["timing"].get(k, np.nan) for r in ok if r["timing"]])) if ok else float("nan")
-              for k in TIMING}
+    timed = [r["timing"] for r in ok if r["timing"]]   # none with wrk: it keeps no response bodies
+    timing = {k: float(np.mean([t.get(k, np.nan) for t in timed])) if timed else float("nan") for k in TIMING}
     levels = [r["level"] for r in ok]
     return {
         "requests": len(records), "ok": len(ok), "errors": len(records) - len(ok), "statuses": statuses,
