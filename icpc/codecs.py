@@ -247,6 +247,15 @@ def decode_npy_zst(data: bytes) -> np.ndarray:
     return decode_npy_fast(raw)
 
 
+def warm_up_decoders() -> None:
+    """Import the picture decoders now (Pillow and its format plugins, simplejpeg when installed), not
+    in the first sample that needs them."""
+    from PIL import Image
+
+    Image.init()
+    _simplejpeg()
+
+
 @functools.lru_cache(maxsize=1)
 def _simplejpeg():
     """simplejpeg if installed (``pip install simplejpeg``, in the bench extra), else None: Pillow decodes."""

@@ -263,7 +263,16 @@ def compress(clip: Clip, spec: Spec, levels: Sequence[int] | None = None) -> Com
     return Compressed(out, {"seconds": round(clip.seconds, 3), "truncated": clip.truncated})
 
 
+def warm_up(spec: Spec) -> None:
+    """Import soundfile, torch and torchaudio before the first sample (seconds of CPU on first import,
+    which must not count against the first sample's ``sample_timeout_s``)."""
+    import soundfile  # noqa: F401
+    import torch  # noqa: F401
+    import torchaudio  # noqa: F401
+
+
 MODALITY = Modality(
     name="audio", config_type=AudioConfig, build_spec=build_spec, scan=file_scanner(AUDIO_EXTENSIONS),
     decode=decode, compress=compress, media_types=("audio/",), embedding="linear", shared_positions=True,
+    warm_up=warm_up,
 )

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from icpc.codecs import jpeg_as_level
+from icpc.codecs import jpeg_as_level, warm_up_decoders
 from icpc.contract import Level, Spec, consistent_positions
 from icpc.pipeline.modalities.base import Compressed, Modality
 from icpc.pipeline.scan import file_scanner
@@ -102,6 +102,13 @@ def compress(square, spec: Spec, levels: Sequence[int] | None = None) -> Compres
     return Compressed(out)
 
 
+def warm_up(spec: Spec) -> None:
+    """Import the decoders before the first sample (Pillow and its format plugins, simplejpeg when
+    installed): a first import takes 0.1-0.3 s of CPU, which on a node at load 70 is several seconds
+    of the first sample's ``sample_timeout_s``."""
+    warm_up_decoders()
+
+
 def level0_as_input(data: bytes, spec: Spec) -> bytes | None:
     """The input's own bytes as level 0's ``jpg`` member when it is a JPEG of exactly the reference
     side in the dataset's channels (``decode`` then crops nothing and ``compress``'s level 0 is its
@@ -112,5 +119,5 @@ def level0_as_input(data: bytes, spec: Spec) -> bytes | None:
 MODALITY = Modality(
     name="image", config_type=ImageConfig, build_spec=build_spec, scan=file_scanner(IMAGE_EXTENSIONS),
     decode=decode, compress=compress, media_types=("image/",), embedding="linear", shared_positions=True,
-    level0_as_input=level0_as_input,
+    level0_as_input=level0_as_input, warm_up=warm_up,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -264,7 +265,19 @@ def compress(clip: Clip, spec: Spec, levels: Sequence[int] | None = None) -> Com
                         consistent_positions(spec.reference_grid, lv.grid)) for lv in ladder])
 
 
+def warm_up(spec: Spec) -> None:
+    """Import decord, Pillow and PyAV (when installed) before the first sample, not on its ``sample_timeout_s``."""
+    import decord  # noqa: F401
+
+    from icpc.codecs import warm_up_decoders
+
+    warm_up_decoders()
+    with contextlib.suppress(ImportError):
+        import av  # noqa: F401
+
+
 MODALITY = Modality(
     name="video", config_type=VideoConfig, build_spec=build_spec, scan=file_scanner(VIDEO_EXTENSIONS),
     decode=decode, compress=compress, media_types=("video/",), embedding="linear", shared_positions=True,
+    warm_up=warm_up,
 )
