@@ -104,8 +104,8 @@ def compress(square, spec: Spec, levels: Sequence[int] | None = None) -> Compres
 
 def warm_up(spec: Spec) -> None:
     """Import the decoders before the first sample (Pillow and its format plugins, simplejpeg when
-    installed): a first import takes 0.1-0.3 s of CPU, which on a node at load 70 is several seconds
-    of the first sample's ``sample_timeout_s``."""
+    installed). The first PNG costs 26 ms of CPU for them on a quiet machine against 0.4 ms for the
+    next; at load ~70 with a busy disk, a fresh child's first sample once took over 5 s."""
     warm_up_decoders()
 
 
