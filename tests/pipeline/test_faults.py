@@ -213,7 +213,7 @@ def test_inputs_that_abort_or_hang_the_decoder_become_rejects(image_folder, ray_
     (folder / "train" / "Coat" / "hang.png").write_bytes(b"ICPC-HANG")
     out = tmp_path / "out"
     # In a loaded CI run (2026-12-07, load ~70) a good input of the abort's shard was rejected as a hang at
-    # 5 s: the first sample of a fresh child, which then still imported Pillow and its PNG plugin (26 ms of
+    # 5 s: most likely the first sample of a fresh child, which then still imported Pillow and its PNG plugin (26 ms of
     # CPU when quiet, the rest waiting for CPU and disk). The image modality's warm_up now imports them
     # before the child says it is ready, and the limit has 3 s more margin.
     summary = _compress(modality="poison", input=str(folder), output=str(out), shard_samples=8, sample_timeout_s=8)
