@@ -153,6 +153,7 @@ def build(task: ShardTask, spec_json: dict[str, Any], timing: dict[str, float]) 
     spec = Spec.from_json(spec_json)
     modality = get_modality(spec.modality)
     builder, rejects = ShardBuilder(spec, modality.shared_positions, task.levels), []
+    level0_as_input = modality.level0_as_input if builder.layout[0].get("as_input") else None
     sandbox = Sandbox(spec_json, task.sample_timeout_s) if task.isolate else None
     armed = not task.isolate and _arm_alarm()
     if modality.warm_up is not None and sandbox is None:  # before the per-sample alarm (the child warms up itself)
@@ -172,8 +173,7 @@ def build(task: ShardTask, spec_json: dict[str, Any], timing: dict[str, float]) 
                     with alarm(task.sample_timeout_s, armed):
                         out = modality.compress_bytes(data, spec)
                     levels, meta = out.levels, out.meta
-                as_input = builder.layout[0].get("as_input") and modality.level0_as_input is not None
-                builder.add(rec, levels, meta, modality.level0_as_input(data, spec) if as_input else None)
+                builder.add(rec, levels, meta, level0_as_input(data, spec) if level0_as_input else None)
                 timing["compress"] += time.perf_counter() - t1
             except SampleError as exc:
                 rejects.append({"key": rec["key"], "source": rec["source"], "stage": stage, "error": str(exc)})

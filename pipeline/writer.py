@@ -120,7 +120,7 @@ class ShardBuilder:
         if len(levels) != self.levels:
             raise ValueError(f"{key}: {len(levels)} levels compressed, the ladder has {self.levels}")
         dtype = self.spec.token_dtype
-        payloads, counts = [], []
+        payloads, counts, as_input = [], [], self._takes_as_input(level0)
         for i, (tokens, positions) in enumerate(levels):
             if len(tokens) != len(positions):
                 raise ValueError(f"{key} level {i}: {len(tokens)} tokens but {len(positions)} positions")
@@ -135,14 +135,13 @@ class ShardBuilder:
                 elif not np.array_equal(self.positions[i], positions):
                     raise AssertionError(f"{key} level {i}: positions differ from the level's shared ones; "
                                          f"the modality must not declare shared_positions")
-            stored = level0 if i == 0 and self._takes_as_input(level0) else None
-            payloads.append((self.layout[i]["field"],
-                             stored if stored is not None else encode_level(tokens, positions, self.spec, i, self.layout[i])))
+            payloads.append((self.layout[i]["field"], level0 if i == 0 and as_input
+                             else encode_level(tokens, positions, self.spec, i, self.layout[i])))
             counts.append(len(tokens))
         row = {"key": key, "source": record["source"], "split": record["split"],
                "label": int(record["label"]), "label_name": record["label_name"], **dict(meta)}
         sidecar = {"key": key, "label": row["label"], "label_name": row["label_name"], "tokens": counts, **dict(meta)}
-        if level0 is not None and payloads[0][1] is level0:
+        if as_input:
             sidecar["level0_as_input"] = True
         payloads += [(LABEL_FIELD, str(row["label"]).encode()),
                      (META_FIELD, json.dumps(sidecar, separators=(",", ":"), default=_json_scalar).encode())]
