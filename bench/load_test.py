@@ -59,12 +59,15 @@ ARMS = {  # name -> ServeConfig changes from the run's config (runtime fields on
     "level0": {"level0": True},
     "level0-unbatched": {"batching": False, "level0": True},
     # admission (issue 26): main's fixed count of 48 before, the queueing-delay budget after
-    "fixed-count": {"queue_delay_target_s": 0.0, "max_inflight": 48},
-    "queue-delay": {},
+    "fixed-count": {"queue_delay_target_s": 0.0, "max_inflight": 48, "via": "serve"},
+    "queue-delay": {"via": "serve"},
+    # the HAProxy front (front.py) on the app's port, Serve's proxy behind it; the arms above send to Serve's
+    # proxy directly (behind the front when the run has one, so both kinds of arm run on one deployment)
+    "front": {"via": "front"},
 }
 TIMING = ("decode", "compress", "model", "forward", "queue")   # the server's timing_ms of a request
 PROCESS_TITLES = {"proxy": "ray::ProxyActor", "ingress": "ServeReplica:icpc:Cascade",
-                  "model": "ServeReplica:icpc:Classifier"}
+                  "model": "ServeReplica:icpc:Classifier", "front": "haproxy -db -f"}
 
 
 # ----------------------------------------------------------------------------- clients
@@ -150,9 +153,9 @@ def run_phase_wrk(url: str, samples: list[dict], clients: int, seconds: float, w
     records = []
     for part in workdir.glob(out.name + ".*"):
         for line in part.read_text().splitlines():
-            status, started, elapsed, is_json, level, label, tried, server_ms, sample = line.split()
+            status, started, elapsed, is_json, level, label, tried, server_ms, sample, front = line.split()
             s = int(sample)
-            records.append({"t0": float(started) / 1e6 - start, "sample": s, "status": int(status),
+            records.append({"t0": float(started) / 1e6 - start, "sample": s, "status": int(status), "front": front == "1",
                             "ms": float(elapsed) / 1000, "json": is_json == "1", "level": int(level),
                             "tried": int(tried), "correct": int(status) == 200 and int(label) == samples[s]["label"],
                             "timing": None, "server_ms": float(server_ms)})
@@ -223,6 +226,7 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
         "rejected_p99_ms": float(np.percentile(rejected, 99)) if rejected else None,
         "rejected_max_ms": float(np.max(rejected)) if rejected else None,
         "status_503_json": len(json_503),
+        "status_503_front": sum(1 for r in records if r["status"] == 503 and r.get("front")),   # wrk only
         "server_ms": float(np.mean([r["server_ms"] for r in ok])) if ok else float("nan"),
         "server_timing_ms": timing,
         "forward_passes": stats["batches"], "mean_batch": stats["items"] / stats["batches"] if stats["batches"] else 0.0,
@@ -318,6 +322,7 @@ def overload_goals(phases: list[dict], factor: int) -> dict[str, dict]:
                     "p50_ms": [med(one, "p50_ms"), med(over, "p50_ms")], "p99_ms": [p99_1, p99_4],
                     "p99_ratio": p99_4 / p99_1, "status_503": n503,
                     "status_503_json": sum(r["status_503_json"] for r in over),
+                    "status_503_front": sum(r["status_503_front"] for r in over),
                     "rejected_p50_ms": med(over, "rejected_p50_ms"), "rejected_p99_ms_worst_round": rejected_p99,
                     "goals": {"goodput_ratio>=0.8": rps4 / rps1 >= 0.8, "p99<=3s": p99_4 <= 3000,
                               "p99<=3x_saturated": p99_4 <= 3 * p99_1,
@@ -333,7 +338,7 @@ def format_goals(goals: dict[str, dict]) -> str:
         lines.append(f"overload {arm}: {g['clients'][0]} -> {g['clients'][1]} clients: goodput "
                      f"{g['throughput_rps'][0]:.1f} -> {g['throughput_rps'][1]:.1f} req/s ({g['goodput_ratio']:.2f}x), "
                      f"p99 {g['p99_ms'][0]:.0f} -> {g['p99_ms'][1]:.0f} ms ({g['p99_ratio']:.2f}x), "
-                     f"{g['status_503']} 503s ({g['status_503_json']} JSON), 503 p50 {g['rejected_p50_ms']:.1f} ms, "
+                     f"{g['status_503']} 503s ({g['status_503_json']} JSON, {g['status_503_front']} by the front), 503 p50 {g['rejected_p50_ms']:.1f} ms, "
                      f"worst round's 503 p99 {g['rejected_p99_ms_worst_round'] or float('nan'):.1f} ms; {met}")
     return "\n".join(lines)
 
@@ -381,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     from icpc.config import finalize
     from icpc.inference.calibrate import raw_inputs
     from icpc.inference.thresholds import OFF
-    from icpc.inference.serve import APP_NAME, ServeConfig, deploy, model_info, patient_proxy_start, start_serve
+    from icpc.inference.serve import (APP_NAME, ServeConfig, deploy, model_info, patient_proxy_start, start_serve,
+                                      stop_serve)
     from icpc.modelio import load_checkpoint
 
     data = args.data or load_checkpoint(args.checkpoint)["data"]
@@ -407,22 +413,28 @@ def main(argv: list[str] | None = None) -> int:
         pids: list[int] = []
         workdir = Path(tempfile.mkdtemp(prefix="icpc-load-"))
 
-        def load(clients: int, seconds: float) -> list[dict]:
+        behind = f"http://127.0.0.1:{cfg.serve_port}" if cfg.serve_port else url   # Serve's own proxy
+
+        def load(clients: int, seconds: float, via: str = "front") -> list[dict]:
+            target = url if via == "front" else behind
             if args.client == "wrk":
-                return run_phase_wrk(url, samples, clients, seconds, workdir, not args.ignore_retry_after)
-            return asyncio.run(run_phase(url, samples, clients, seconds, counter, not args.ignore_retry_after))
+                return run_phase_wrk(target, samples, clients, seconds, workdir, not args.ignore_retry_after)
+            return asyncio.run(run_phase(target, samples, clients, seconds, counter, not args.ignore_retry_after))
 
         def measure(arm: str, clients: int, rnd: int) -> dict:
             """One phase: the arm deployed through user_config, warm-up, then ``args.seconds`` measured."""
             change = dict(ARMS[arm])
             if change.pop("level0", False):
                 change["set_thresholds"] = level0
+            via = change.pop("via", "front")
+            if via == "front" and not cfg.serve_port:
+                raise SystemExit(f"arm {arm} needs the HAProxy front: install haproxy, or leave --set front=none out")
             arm_cfg = ServeConfig(**{**cfg.__dict__, **change})
             deploy(arm_cfg)
-            load(clients, args.warmup)
+            load(clients, args.warmup, via)
             before, cpu0 = model_stats(classifier), cpu_seconds()
             t0 = time.perf_counter()
-            records = load(clients, args.seconds)
+            records = load(clients, args.seconds, via)
             elapsed = time.perf_counter() - t0
             after, cpu1 = model_stats(classifier), cpu_seconds()
             assert after["batching"] == arm_cfg.batching and after["pid"] == before["pid"]
@@ -457,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"+{kill['readiness_503_from_s']} to +{kill['readiness_503_until_s']} s; new pid {kill['new_pid']}",
                   flush=True)
     finally:
-        serve.shutdown()
+        stop_serve()
         ray.shutdown()
     report = {"command": " ".join([sys.executable, *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
               "cpus": os.cpu_count(), "client": args.client, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),

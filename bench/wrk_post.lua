@@ -2,7 +2,7 @@
 -- thread's request() and response() alternate and a request's latency is exact. Each thread posts the
 -- sample files BODIES/0 .. BODIES/(COUNT-1) in turn (starting at its own offset), waits Retry-After after
 -- a 503 (delay()), and writes one line per response to OUT.<thread id>:
---   status  start_us(monotonic)  latency_us  json(1/0)  level  label  levels_tried  server_ms  sample
+--   status  start_us(monotonic)  latency_us  json(1/0)  level  label  levels_tried  server_ms  sample  front(1/0)
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } icpc_timespec;
@@ -58,8 +58,9 @@ function response(status, hdrs, body)
     for _ in tried_list:gmatch("%d+") do tried = tried + 1 end
   end
   local server_ms = body:match('"latency_ms":%s*([%d%.eE%-]+)') or "nan"
-  log:write(string.format("%d %.0f %.0f %d %s %s %d %s %d\n", status, started, elapsed, json, level, label, tried,
-                          server_ms, sample))
+  local front = (hdrs["X-ICPC-Shed"] or hdrs["x-icpc-shed"]) and 1 or 0   -- answered by the HAProxy front
+  log:write(string.format("%d %.0f %.0f %d %s %s %d %s %d %d\n", status, started, elapsed, json, level, label, tried,
+                          server_ms, sample, front))
   log:flush()   -- wrk ends its threads without closing their files: nothing may wait in a buffer
   if status == 503 and retry_after then
     wait_ms = 1000 * (tonumber(hdrs["Retry-After"] or hdrs["retry-after"] or "1") or 1)

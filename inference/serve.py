@@ -39,6 +39,7 @@ from icpc import storage
 from icpc.contract import Spec
 from icpc.local_ray import init_local_ray
 from icpc.inference.admission import DelayAdmission, check_admission
+from icpc.inference.front import INSTALL_HINT, check_front, free_port, resolve, start_front, stop_fronts
 from icpc.inference.thresholds import THRESHOLDS_FILE, active_order, check_thresholds, load_thresholds
 from icpc.inference.batcher import LevelBatcher
 from icpc.inference.cascade import run_cascade_async
@@ -49,6 +50,8 @@ APP_NAME = "icpc"
 # ServeConfig fields that reach the running replicas through user_config (no restart).
 RUNTIME_FIELDS = ("set_thresholds", "max_inflight", "queue_delay_target_s", "queue_delay_interval_s",
                   "request_timeout_s", "batching", "max_batch_size", "batch_wait_timeout_s")
+# ServeConfig fields of the process that starts Serve (the front), not of the replicas: not build_app args.
+DRIVER_FIELDS = ("front", "front_max_inflight", "front_queue_budget_ms", "serve_port")
 PROBE_PERIOD_S = 0.5     # each ingress replica pings the model this often (s)
 PROBE_TIMEOUT_S = 1.0    # a ping unanswered this long marks the model down: readiness and predict say 503 ...
 BUSY_GRACE_S = 10.0      # ... unless the model answered a request this recently: then the ping only queued behind
@@ -99,6 +102,12 @@ class ServeConfig:
     max_queued_requests: int = 64          # requests Serve queues for the ingress at each proxy; more: Serve's 503
     access_log: bool = False               # Serve's log line per request in each replica (~3% of a replica's CPU)
     num_cpus: int = 0                      # CPUs of the embedded Ray of `icpc serve` (0 = all)
+    front: str = "auto"                    # haproxy: HAProxy on host:port sheds overload before Serve (front.py),
+                                           # Serve's proxy behind it on loopback; none: Serve's proxy on host:port;
+                                           # auto: haproxy when it is on PATH, else none
+    front_max_inflight: int = 32           # predict requests the front lets into Serve at once (~ the saturating count)
+    front_queue_budget_ms: int = 25        # a request that waited this long for one of those slots gets the front's 503
+    serve_port: int = 0                    # Serve's proxy port behind the front (0: a free loopback port at start)
 
     def validate(self) -> list[str]:
         errors = []
@@ -114,6 +123,7 @@ class ServeConfig:
             if 0 < getattr(self, hi) < getattr(self, lo):
                 errors.append(f"{hi}={getattr(self, hi)} is below {lo}={getattr(self, lo)}: raise it or set 0 (fixed)")
         errors += check_admission(self.queue_delay_target_s, self.queue_delay_interval_s, self.max_inflight)
+        errors += check_front(self.front, self.front_max_inflight, self.front_queue_budget_ms)
         if self.max_inflight >= self.max_ongoing_requests:
             errors.append(f"max_inflight={self.max_inflight} must be below max_ongoing_requests="
                           f"{self.max_ongoing_requests}, which leaves room for /healthz and the 503 answers")
@@ -664,7 +674,7 @@ def app_config(cfg: ServeConfig) -> dict[str, Any]:
     ``args``: a config whose args are unchanged keeps its code version, so Serve only calls
     ``reconfigure`` on the running replicas instead of replacing them.
     """
-    args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS + DRIVER_FIELDS}
     return {"name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": "icpc.inference.serve:build_app",
             "args": args, "deployments": [{"name": "Cascade", "user_config": ingress_user_config(cfg)},
                                           {"name": "Classifier", "user_config": classifier_user_config(cfg)}]}
@@ -710,7 +720,12 @@ def wait_running(client, names: set[str], timeout_s: float = DEPLOY_TIMEOUT_S) -
 
 
 def http_options(cfg: ServeConfig) -> dict[str, Any]:
-    return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
+    """Serve's proxy: on host:port, or behind the front on loopback (``serve_port``, chosen by ``start_serve``)."""
+    behind = resolve(cfg.front) == "haproxy"
+    if behind and not cfg.serve_port:
+        raise ValueError("front=haproxy needs serve_port: start_serve chooses it")
+    return {"host": "127.0.0.1" if behind else cfg.host, "port": cfg.serve_port if behind else cfg.port,
+            "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
 
 
 def patient_proxy_start() -> None:
@@ -724,12 +739,30 @@ def patient_proxy_start() -> None:
 
 
 def start_serve(cfg: ServeConfig, *more: ServeConfig) -> str:
-    """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` (Ray must be up) and deploy the app(s); returns the URL."""
+    """Start Serve's HTTP proxy (Ray must be up), deploy the app(s) and, with ``front``, HAProxy on
+    ``cfg.host:cfg.port`` in front of it; returns the URL clients use.
+
+    With a front, ``cfg`` gets the chosen ``serve_port`` (so later ``deploy(cfg)`` calls keep Serve's HTTP
+    options); ``stop_serve`` or the process's exit stops the front."""
     for c in (cfg, *more):
         preflight(serve_config(c))  # before the proxy starts
+    front = resolve(cfg.front) == "haproxy"
+    if front and not cfg.serve_port:
+        cfg.serve_port = free_port()
+    for c in more:
+        c.front, c.serve_port = cfg.front, cfg.serve_port
     serve.start(http_options=http_options(cfg))
     deploy(cfg, *more)
+    if front:
+        start_front(cfg.host, cfg.port, f"127.0.0.1:{cfg.serve_port}", cfg.front_max_inflight,
+                    cfg.front_queue_budget_ms, cfg.request_timeout_s)
     return f"http://{cfg.host}:{cfg.port}"
+
+
+def stop_serve() -> None:
+    """Stop this process's fronts and Serve (Ray stays up)."""
+    stop_fronts()
+    serve.shutdown()
 
 
 def run_server(cfg: ServeConfig) -> None:
@@ -751,6 +784,7 @@ def run_server(cfg: ServeConfig) -> None:
         if cfg.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"WARNING: serving on {cfg.host}: Serve's HTTP API has no authentication", flush=True)
         media = example_request(model)
+        print(front_line(cfg), flush=True)
         print(f"serving {cfg.checkpoint} ({model['spec']['modality']}) at {url}\n"
               f"  curl {url}/healthz\n"
               f"  curl {url}/v1/predict {media}\n"
@@ -759,8 +793,18 @@ def run_server(cfg: ServeConfig) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        stop_serve()
         ray.shutdown()
+
+
+def front_line(cfg: ServeConfig) -> str:
+    """What sheds overload, in one line for the user."""
+    if resolve(cfg.front) == "haproxy":
+        return (f"front: HAProxy on {cfg.host}:{cfg.port} lets {cfg.front_max_inflight} predict requests into Serve "
+                f"at once and answers 503 to one that waited {cfg.front_queue_budget_ms} ms for a slot; Serve's "
+                f"proxy behind it on 127.0.0.1:{cfg.serve_port}")
+    why = f"haproxy is not on PATH ({INSTALL_HINT.split(' or ')[0]})" if cfg.front == "auto" else "front=none"
+    return f"front: none ({why}): overload is shed by the ingress, behind Serve's proxy, at ~25 ms of CPU per 503"
 
 
 def example_request(model: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def app(straight_run, ray_local, tmp_path_factory):
     """The Serve app on 127.0.0.1 with hand-picked thresholds; yields (url, config, deploy)."""
     from ray import serve
 
-    from icpc.inference.serve import ServeConfig, deploy, start_serve
+    from icpc.inference.serve import ServeConfig, deploy, start_serve, stop_serve
 
     folder = tmp_path_factory.mktemp("serve")
     (folder / "thresholds.json").write_text(json.dumps({"thresholds": THRESHOLDS}))
@@ -95,7 +95,7 @@ def app(straight_run, ray_local, tmp_path_factory):
         deploy(ServeConfig(**{**cfg.__dict__, **changes}))
 
     yield url, cfg, redeploy
-    serve.shutdown()
+    stop_serve()
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,12 @@ def client(app):
 
     with httpx.Client(base_url=app[0], timeout=60) as c:
         yield c
+
+
+def behind_front(app) -> str:
+    """Serve's own proxy, behind the HAProxy front when there is one: the ingress's admission seen directly."""
+    url, cfg, _ = app
+    return f"http://127.0.0.1:{cfg.serve_port}" if cfg.serve_port else url
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +283,7 @@ def test_overload_is_answered_503_at_once_not_504(app, client, images):
     deploy(max_inflight=2)
     try:
         def post(data):
-            with httpx.Client(base_url=app[0], timeout=60) as c:
+            with httpx.Client(base_url=behind_front(app), timeout=60) as c:
                 return c.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
 
         with ThreadPoolExecutor(24) as pool:
@@ -305,7 +311,8 @@ def test_sustained_overload_is_shed_by_queueing_delay_with_json_503s(app, client
 
     import aiohttp
 
-    url, _, deploy = app
+    _, _, deploy = app
+    url = behind_front(app)
     pid = client.get("/v1/info").json()["pid"]
     deploy(queue_delay_target_s=0.005, queue_delay_interval_s=0.05, max_inflight=200)
 
@@ -345,6 +352,52 @@ def test_sustained_overload_is_shed_by_queueing_delay_with_json_503s(app, client
     assert max(seconds for *_, seconds in answers) < 60   # nothing queued until a timeout
     assert admission["target_s"] == 0.005 and admission["ceiling"] == 200 and admission["shed"] >= len(shed)
     assert admission["last_min_delay_s"] is not None
+    assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
+
+
+@pytest.mark.integration
+def test_the_haproxy_front_sheds_a_request_whose_queueing_delay_passes_its_budget(app, client, images):
+    """A second front on the same Serve with one slot and a 20 ms budget: while one request holds the slot
+    (a 1.5 s batching wait), the others are answered by HAProxy itself - JSON 503, Retry-After, marked
+    ``X-ICPC-Shed: front`` - before that request finishes; /healthz passes the full slot; then the slot frees."""
+    import time
+
+    import httpx
+
+    from icpc.inference.front import free_port, haproxy_binary, start_front, stop_front
+
+    url, cfg, deploy = app
+    assert haproxy_binary(), "haproxy is part of the README's install: apt-get install haproxy"
+    assert cfg.serve_port and url == f"http://127.0.0.1:{cfg.port}", "front=auto with haproxy installed fronts the app"
+    port = free_port()
+    start_front("127.0.0.1", port, f"127.0.0.1:{cfg.serve_port}", max_inflight=1, queue_budget_ms=20,
+                request_timeout_s=cfg.request_timeout_s)
+    deploy(batch_wait_timeout_s=1.5, max_batch_size=32)   # a lone request waits 1.5 s for batch-mates
+    front = f"http://127.0.0.1:{port}"
+    try:
+        def post(data):
+            t0 = time.monotonic()
+            r = httpx.post(f"{front}/v1/predict", content=data, headers={"Content-Type": "image/png"}, timeout=60)
+            return r, t0, time.monotonic()
+
+        with ThreadPoolExecutor(8) as pool:
+            holder = pool.submit(post, images[0])
+            time.sleep(0.3)                           # the holder has its slot (it waits 1.5 s in the batcher)
+            shed = list(pool.map(post, images[1:7]))
+            health = httpx.get(f"{front}/healthz", timeout=30)
+            held, _, held_done = holder.result()
+        assert held.status_code == 200, held.text
+        for r, _, done in shed:
+            assert r.status_code == 503 and r.headers["x-icpc-shed"] == "front", (r.status_code, r.text)
+            assert r.headers["retry-after"] == "1" and r.headers["content-type"] == "application/json"
+            assert r.json()["status"] == 503 and "queueing budget" in r.json()["error"]
+            assert done < held_done, "a shed request was answered only after the slot freed: it was queued, not shed"
+        assert health.status_code == 200, health.text
+        again, _, _ = post(images[1])
+        assert again.status_code == 200, again.text
+    finally:
+        deploy()
+        stop_front("127.0.0.1", port)
     assert client.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"}).status_code == 200
 
 

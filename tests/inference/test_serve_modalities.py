@@ -92,7 +92,7 @@ def apps(runs):
     """The three apps on one Serve, each under /<modality>; yields the base URL."""
     from ray import serve
 
-    from icpc.inference.serve import ServeConfig, start_serve
+    from icpc.inference.serve import ServeConfig, start_serve, stop_serve
 
     port = _free_port()
     cfgs = [ServeConfig(checkpoint=str(ckpt), port=port, app_name=modality, route_prefix=f"/{modality}",
@@ -100,7 +100,7 @@ def apps(runs):
             for modality, ckpt in runs.items()]
     url = start_serve(*cfgs)
     yield url
-    serve.shutdown()
+    stop_serve()
 
 
 @pytest.fixture(scope="module")

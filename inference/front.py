@@ -1,0 +1,236 @@
+"""The shedding front of ``icpc serve``: HAProxy on the user's port, Serve's HTTP proxy behind it on loopback.
+
+Why a front: a request that Serve sheds still costs about 25 ms of CPU (Serve's Python proxy and the
+ingress's event loop) before its 503 is written; at 4x the saturating load those 503s took 1.2 of 2
+cores from the admitted requests (BENCHMARKS.md, "Overload"). HAProxy answers a shed request itself,
+in C, for tens of microseconds, before Serve sees it.
+
+Admission by measured queueing delay: HAProxy lets at most ``front_max_inflight`` predict requests
+into Serve at once (about the count that saturates the model: more only queue inside Serve) and
+queues the rest in arrival order; a request that has waited ``front_queue_budget_ms`` without a slot
+is answered ``503`` with a JSON body and ``Retry-After`` (``X-ICPC-Shed: front``). So a request gets
+in only if its queueing delay stays within the budget, and every shed request is answered within
+about the budget. ``/healthz`` has its own path to Serve, never queued behind predict requests: a
+busy server is not reported dead. The ingress keeps its own queueing-delay admission behind the front
+(``admission.py``), for deployments without one (``serve deploy`` on a cluster: put your load
+balancer's equivalent in front; ``python -m icpc.inference.front --help`` prints this one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install haproxy) or pass --set front=none"
+START_TIMEOUT_S = 30.0
+FRONT_NICE = -5              # the front's CPU priority where the user may raise it (root, CAP_SYS_NICE)
+SERVER_TIMEOUT_GRACE_S = 5   # the front's server timeout is the app's request timeout plus this (the app's 504 first)
+SHED_REASON = ("overloaded: the request waited longer than the front's queueing budget for one of the server's "
+               "slots; retry after Retry-After seconds")
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy")
+
+
+def resolve(front: str) -> str:
+    """``auto`` -> ``haproxy`` when the binary is on PATH, else ``none``; the others as given."""
+    if front == "auto":
+        return "haproxy" if haproxy_binary() else "none"
+    return front
+
+
+def check_front(front: str, max_inflight: int, queue_budget_ms: int) -> list[str]:
+    errors = []
+    if front not in ("auto", "haproxy", "none"):
+        errors.append(f"front={front!r}: choose auto, haproxy or none")
+    elif front == "haproxy" and not haproxy_binary():
+        errors.append(f"front=haproxy: no haproxy on PATH; {INSTALL_HINT}")
+    if max_inflight <= 0:
+        errors.append(f"front_max_inflight={max_inflight}: must be positive")
+    if queue_budget_ms <= 0:
+        errors.append(f"front_queue_budget_ms={queue_budget_ms}: must be positive (ms)")
+    return errors
+
+
+def error_response(status: int, reason: str, extra: str = "") -> str:
+    """A whole HTTP response in HAProxy's ``errorfile`` format, with the app's JSON error body."""
+    body = json.dumps({"error": reason, "status": status})
+    title = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
+    return (f"HTTP/1.1 {status} {title}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n{body}")
+
+
+def front_config(host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
+                 request_timeout_s: float, errors_dir: str, retry_after_s: int = 1) -> str:
+    """The HAProxy configuration: one frontend on ``host:port``; predict requests through a slot-limited,
+    time-bounded queue to ``upstream`` (Serve's proxy, ``HOST:PORT``), everything else straight through."""
+    errors = Path(errors_dir)
+    errors.mkdir(parents=True, exist_ok=True)
+    shed = f"Retry-After: {retry_after_s}\r\nX-ICPC-Shed: front\r\n"
+    (errors / "503.http").write_text(error_response(503, SHED_REASON, shed))
+    (errors / "502.http").write_text(error_response(502, "the server behind the front is not answering "
+                                                         "(Serve's proxy down or restarting)",
+                                                    f"Retry-After: {retry_after_s}\r\n"))
+    (errors / "504.http").write_text(error_response(504, "the server behind the front did not answer in time"))
+    server_timeout = int(request_timeout_s) + SERVER_TIMEOUT_GRACE_S
+    return f"""# written by icpc/inference/front.py (icpc serve, or python -m icpc.inference.front)
+global
+    maxconn 4096
+    nbthread 1
+    tune.bufsize 65536
+
+defaults
+    mode http
+    option http-keep-alive
+    option abortonclose
+    timeout connect 5s
+    timeout client 120s
+    timeout http-request 30s
+    timeout http-keep-alive 60s
+    timeout server {server_timeout}s
+    timeout queue {queue_budget_ms}ms
+    errorfile 502 {errors / "502.http"}
+    errorfile 503 {errors / "503.http"}
+    errorfile 504 {errors / "504.http"}
+
+frontend icpc
+    bind {host}:{port}
+    acl predict path_end /v1/predict
+    use_backend predict if predict
+    default_backend passthrough
+
+backend predict
+    http-reuse always
+    server serve {upstream} maxconn {max_inflight}
+
+backend passthrough
+    http-reuse always
+    server serve {upstream}
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _front_child() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The front ends with the process that started it (PR_SET_PDEATHSIG; that thread must outlive it: the main
+    thread, in ``icpc serve``), and runs ahead of the model's processes for the CPU where it may (``FRONT_NICE``):
+    its work is tens of microseconds per request, and a shed request's answer is due within the budget."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    try:
+        os.nice(FRONT_NICE)
+    except OSError:   # not permitted (not root, no CAP_SYS_NICE): the default priority
+        pass
+
+
+class Front:
+    """A running HAProxy front (its own process, which ends with its parent)."""
+
+    def __init__(self, host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
+                 request_timeout_s: float):
+        self.host, self.port, self.upstream = host, port, upstream
+        self.workdir = Path(tempfile.mkdtemp(prefix="icpc-front-"))
+        self.config_path = self.workdir / "haproxy.cfg"
+        self.config_path.write_text(front_config(host, port, upstream, max_inflight, queue_budget_ms,
+                                                 request_timeout_s, str(self.workdir / "errors")))
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> "Front":
+        binary = haproxy_binary()
+        if binary is None:
+            raise RuntimeError(f"front=haproxy: no haproxy on PATH; {INSTALL_HINT}")
+        check = subprocess.run([binary, "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"HAProxy refused {self.config_path}: {check.stderr.strip() or check.stdout.strip()}")
+        log = open(self.workdir / "haproxy.log", "wb")
+        self.process = subprocess.Popen([binary, "-db", "-f", str(self.config_path)], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, preexec_fn=_front_child)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"HAProxy exited ({self.process.returncode}) on start: "
+                                   f"{(self.workdir / 'haproxy.log').read_text(errors='replace').strip()[-2000:]}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"HAProxy did not listen on {self.host}:{self.port} within {timeout_s:g} s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_RUNNING: dict[tuple[str, int], Front] = {}
+
+
+def start_front(host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
+                request_timeout_s: float) -> Front:
+    """Start (or restart) this process's front on ``host:port``; it is stopped by ``stop_fronts`` or at exit."""
+    if old := _RUNNING.pop((host, port), None):
+        old.stop()
+    front = Front(host, port, upstream, max_inflight, queue_budget_ms, request_timeout_s).start()
+    _RUNNING[(host, port)] = front
+    return front
+
+
+def stop_front(host: str, port: int) -> None:
+    if front := _RUNNING.pop((host, port), None):
+        front.stop()
+
+
+def stop_fronts() -> None:
+    while _RUNNING:
+        _RUNNING.popitem()[1].stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the front's HAProxy configuration, for a Serve deployment that ``icpc serve`` does not start."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m icpc.inference.front", description=main.__doc__,
+                                epilog="example: python -m icpc.inference.front --upstream 127.0.0.1:8000 --port 8080 "
+                                       "--errors-dir /tmp/icpc-front-errors > /tmp/haproxy.cfg && "
+                                       "haproxy -c -f /tmp/haproxy.cfg")
+    p.add_argument("--host", default="0.0.0.0", help="address the front listens on")
+    p.add_argument("--port", type=int, default=8080, help="port the front listens on")
+    p.add_argument("--upstream", default="127.0.0.1:8000", help="Serve's HTTP proxy, HOST:PORT")
+    p.add_argument("--max-inflight", type=int, default=32, help="predict requests let into Serve at once")
+    p.add_argument("--queue-budget-ms", type=int, default=25, help="longest wait for a slot before a 503")
+    p.add_argument("--request-timeout-s", type=float, default=30.0, help="the app's request_timeout_s")
+    p.add_argument("--errors-dir", default="", help="where the JSON error responses are written "
+                                                    "(default: a new temporary folder)")
+    args = p.parse_args(argv)
+    if errors := check_front("none", args.max_inflight, args.queue_budget_ms):
+        p.error("; ".join(errors))
+    sys.stdout.write(front_config(args.host, args.port, args.upstream, args.max_inflight, args.queue_budget_ms,
+                                  args.request_timeout_s, args.errors_dir or tempfile.mkdtemp(prefix="icpc-front-")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
