@@ -33,8 +33,8 @@ INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install haproxy) or pass --se
 START_TIMEOUT_S = 30.0
 FRONT_NICE = -5              # the front's CPU priority where the user may raise it (root, CAP_SYS_NICE)
 SERVER_TIMEOUT_GRACE_S = 5   # the front's server timeout is the app's request timeout plus this (the app's 504 first)
-SHED_REASON = ("overloaded: the request waited longer than the front's queueing budget for one of the server's "
-               "slots; retry after Retry-After seconds")
+SHED_REASON = ("overloaded: no slot of the server behind the front freed within the front's queueing budget (or "
+               "that server is not accepting connections); retry after Retry-After seconds")
 
 
 def haproxy_binary() -> str | None:
@@ -64,7 +64,8 @@ def check_front(front: str, max_inflight: int, queue_budget_ms: int) -> list[str
 def error_response(status: int, reason: str, extra: str = "") -> str:
     """A whole HTTP response in HAProxy's ``errorfile`` format, with the app's JSON error body."""
     body = json.dumps({"error": reason, "status": status})
-    title = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
+    title = {400: "Bad Request", 408: "Request Timeout", 502: "Bad Gateway", 503: "Service Unavailable",
+             504: "Gateway Timeout"}[status]
     return (f"HTTP/1.1 {status} {title}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n{body}")
 
@@ -81,6 +82,9 @@ def front_config(host: str, port: int, upstream: str, max_inflight: int, queue_b
                                                          "(Serve's proxy down or restarting)",
                                                     f"Retry-After: {retry_after_s}\r\n"))
     (errors / "504.http").write_text(error_response(504, "the server behind the front did not answer in time"))
+    (errors / "400.http").write_text(error_response(400, "malformed HTTP request (refused by the front)"))
+    (errors / "408.http").write_text(error_response(408, "the request did not arrive within the front's "
+                                                         "timeout http-request (30 s)"))
     server_timeout = int(request_timeout_s) + SERVER_TIMEOUT_GRACE_S
     return f"""# written by icpc/inference/front.py (icpc serve, or python -m icpc.inference.front)
 global
@@ -101,6 +105,8 @@ defaults
     errorfile 502 {errors / "502.http"}
     errorfile 503 {errors / "503.http"}
     errorfile 504 {errors / "504.http"}
+    errorfile 400 {errors / "400.http"}
+    errorfile 408 {errors / "408.http"}
 
 frontend icpc
     bind {host}:{port}
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0", help="address the front listens on")
     p.add_argument("--port", type=int, default=8080, help="port the front listens on")
     p.add_argument("--upstream", default="127.0.0.1:8000", help="Serve's HTTP proxy, HOST:PORT")
-    p.add_argument("--max-inflight", type=int, default=32, help="predict requests let into Serve at once")
+    p.add_argument("--max-inflight", type=int, default=16, help="predict requests let into Serve at once")
     p.add_argument("--queue-budget-ms", type=int, default=25, help="longest wait for a slot before a 503")
     p.add_argument("--request-timeout-s", type=float, default=30.0, help="the app's request_timeout_s")
     p.add_argument("--errors-dir", default="", help="where the JSON error responses are written "

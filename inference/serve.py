@@ -105,7 +105,8 @@ class ServeConfig:
     front: str = "auto"                    # haproxy: HAProxy on host:port sheds overload before Serve (front.py),
                                            # Serve's proxy behind it on loopback; none: Serve's proxy on host:port;
                                            # auto: haproxy when it is on PATH, else none
-    front_max_inflight: int = 32           # predict requests the front lets into Serve at once (~ the saturating count)
+    front_max_inflight: int = 16           # predict requests the front lets into Serve at once: about the concurrency
+                                           # at which throughput stops growing (bench/load_test.py --saturation)
     front_queue_budget_ms: int = 25        # a request that waited this long for one of those slots gets the front's 503
     serve_port: int = 0                    # Serve's proxy port behind the front (0: a free loopback port at start)
 
