@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -61,7 +60,7 @@ ARMS = {  # name -> ServeConfig changes from the run's config (runtime fields on
     # admission (issue 26): main's fixed count of 48 before, the queueing-delay budget after
     "fixed-count": {"queue_delay_target_s": 0.0, "max_inflight": 48, "via": "serve"},
     "queue-delay": {"via": "serve"},
-    # the HAProxy front (front.py) on the app's port, Serve's proxy behind it; the arms above send to Serve's
+    # the HAProxy front (front.py) on the app's port, Serve's proxy behind it; every other arm sends to Serve's
     # proxy directly (behind the front when the run has one, so both kinds of arm run on one deployment)
     "front": {"via": "front"},
 }
@@ -102,6 +101,7 @@ async def run_phase(url: str, samples: list[dict], clients: int, seconds: float,
                                            headers={"Content-Type": s["content_type"]}) as r:
                         status, text = r.status, await r.text()
                         retry = float(r.headers.get("Retry-After", 1))
+                        rec["front"] = r.headers.get("X-ICPC-Shed") == "front"
                     rec["status"] = status
                     try:
                         body = json.loads(text)
@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from icpc.config import finalize
     from icpc.inference.calibrate import raw_inputs
+    from icpc.inference.front import free_port
     from icpc.inference.thresholds import OFF
     from icpc.inference.serve import (APP_NAME, ServeConfig, deploy, model_info, patient_proxy_start, start_serve,
                                       stop_serve)
@@ -392,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = args.data or load_checkpoint(args.checkpoint)["data"]
     samples = raw_inputs(data, args.split, args.samples)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = finalize(ServeConfig(checkpoint=args.checkpoint, thresholds=args.thresholds, port=port), args.set)
     levels = len(model_info(args.checkpoint)["spec"]["ladder"])
     level0 = [0.0] + [OFF] * (levels - 1)
@@ -426,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             change = dict(ARMS[arm])
             if change.pop("level0", False):
                 change["set_thresholds"] = level0
-            via = change.pop("via", "front")
+            via = change.pop("via", "serve")
             if via == "front" and not cfg.serve_port:
                 raise SystemExit(f"arm {arm} needs the HAProxy front: install haproxy, or leave --set front=none out")
             arm_cfg = ServeConfig(**{**cfg.__dict__, **change})

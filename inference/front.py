@@ -18,21 +18,29 @@ balancer's equivalent in front; ``python -m icpc.inference.front --help`` prints
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install haproxy) or pass --set front=none"
 START_TIMEOUT_S = 30.0
 FRONT_NICE = -5              # the front's CPU priority where the user may raise it (root, CAP_SYS_NICE)
-SERVER_TIMEOUT_GRACE_S = 5   # the front's server timeout is the app's request timeout plus this (the app's 504 first)
+SERVER_TIMEOUT_GRACE_S = 10  # the front's server timeout is the app's request timeout plus this: above Serve's
+                             # proxy's (the app's + 5 s), so the app's own JSON 504 comes first
+HTTP_REQUEST_TIMEOUT_S = 30  # a request's headers and body must arrive within this (else the front's JSON 408)
+READY_PATH = "/-/icpc-front-ready"   # answered by HAProxy itself with this front's token: the listener is ours
 SHED_REASON = ("overloaded: no slot of the server behind the front freed within the front's queueing budget (or "
                "that server is not accepting connections); retry after Retry-After seconds")
 
@@ -71,9 +79,11 @@ def error_response(status: int, reason: str, extra: str = "") -> str:
 
 
 def front_config(host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
-                 request_timeout_s: float, errors_dir: str, retry_after_s: int = 1) -> str:
-    """The HAProxy configuration: one frontend on ``host:port``; predict requests through a slot-limited,
-    time-bounded queue to ``upstream`` (Serve's proxy, ``HOST:PORT``), everything else straight through."""
+                 request_timeout_s: float, errors_dir: str, retry_after_s: int = 1, token: str = "icpc") -> str:
+    """The HAProxy configuration: one frontend on ``host:port``; every request through a slot-limited,
+    time-bounded queue to ``upstream`` (Serve's proxy, ``HOST:PORT``), except the health and info routes,
+    which go straight through (so a URL-encoded path cannot pass the slots: the exceptions are matched,
+    not the predict route)."""
     errors = Path(errors_dir)
     errors.mkdir(parents=True, exist_ok=True)
     shed = f"Retry-After: {retry_after_s}\r\nX-ICPC-Shed: front\r\n"
@@ -83,22 +93,23 @@ def front_config(host: str, port: int, upstream: str, max_inflight: int, queue_b
                                                     f"Retry-After: {retry_after_s}\r\n"))
     (errors / "504.http").write_text(error_response(504, "the server behind the front did not answer in time"))
     (errors / "400.http").write_text(error_response(400, "malformed HTTP request (refused by the front)"))
-    (errors / "408.http").write_text(error_response(408, "the request did not arrive within the front's "
-                                                         "timeout http-request (30 s)"))
+    (errors / "408.http").write_text(error_response(408, f"the request did not arrive within the front's "
+                                                         f"{HTTP_REQUEST_TIMEOUT_S} s (timeout http-request)"))
     server_timeout = int(request_timeout_s) + SERVER_TIMEOUT_GRACE_S
     return f"""# written by icpc/inference/front.py (icpc serve, or python -m icpc.inference.front)
 global
-    maxconn 4096
     nbthread 1
+    noreuseport
     tune.bufsize 65536
 
 defaults
     mode http
     option http-keep-alive
     option abortonclose
-    timeout connect 5s
+    retries 1
+    timeout connect 2s
     timeout client 120s
-    timeout http-request 30s
+    timeout http-request {HTTP_REQUEST_TIMEOUT_S}s
     timeout http-keep-alive 60s
     timeout server {server_timeout}s
     timeout queue {queue_budget_ms}ms
@@ -110,9 +121,11 @@ defaults
 
 frontend icpc
     bind {host}:{port}
-    acl predict path_end /v1/predict
-    use_backend predict if predict
-    default_backend passthrough
+    http-request return status 200 content-type text/plain string {token} if {{ path {READY_PATH} }}
+    acl unqueued path_end /healthz /livez /v1/info
+    acl unqueued path_beg /-/
+    use_backend passthrough if unqueued
+    default_backend predict
 
 backend predict
     http-reuse always
@@ -124,19 +137,28 @@ backend passthrough
 """
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", avoid: int = 0) -> int:
+    """A port nothing listens on now (the kernel's choice), other than ``avoid``."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
-def _front_child() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """The front ends with the process that started it (PR_SET_PDEATHSIG; that thread must outlive it: the main
-    thread, in ``icpc serve``), and runs ahead of the model's processes for the CPU where it may (``FRONT_NICE``):
-    its work is tens of microseconds per request, and a shed request's answer is due within the budget."""
-    import ctypes
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl   # resolved here: the child between fork and exec only calls it
+PR_SET_PDEATHSIG = 1
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+def _front_child(parent: int) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The front ends with the thread that started it (PR_SET_PDEATHSIG: ``start_front`` insists on the main
+    thread), also if that process died before the signal was armed, and runs ahead of the model's processes for
+    the CPU where it may (``FRONT_NICE``): its work is tens of microseconds per request, and a shed request's
+    answer is due within the budget. No imports, no allocation-heavy work: the parent has many threads."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
     try:
         os.nice(FRONT_NICE)
     except OSError:   # not permitted (not root, no CAP_SYS_NICE): the default priority
@@ -144,40 +166,56 @@ def _front_child() -> None:  # pragma: no cover - runs in the child between fork
 
 
 class Front:
-    """A running HAProxy front (its own process, which ends with its parent)."""
+    """A running HAProxy front (its own process, which ends with the thread that started it)."""
 
     def __init__(self, host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
-                 request_timeout_s: float):
+                 request_timeout_s: float, retry_after_s: int = 1):
         self.host, self.port, self.upstream = host, port, upstream
+        self.token = secrets.token_hex(8)
         self.workdir = Path(tempfile.mkdtemp(prefix="icpc-front-"))
         self.config_path = self.workdir / "haproxy.cfg"
         self.config_path.write_text(front_config(host, port, upstream, max_inflight, queue_budget_ms,
-                                                 request_timeout_s, str(self.workdir / "errors")))
+                                                 request_timeout_s, str(self.workdir / "errors"), retry_after_s,
+                                                 self.token))
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> "Front":
+        """Start HAProxy and wait until this front (its token, not another listener on the port) answers."""
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
         binary = haproxy_binary()
         if binary is None:
             raise RuntimeError(f"front=haproxy: no haproxy on PATH; {INSTALL_HINT}")
         check = subprocess.run([binary, "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"HAProxy refused {self.config_path}: {check.stderr.strip() or check.stdout.strip()}")
-        log = open(self.workdir / "haproxy.log", "wb")
-        self.process = subprocess.Popen([binary, "-db", "-f", str(self.config_path)], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_front_child)
+        log_path = self.workdir / "haproxy.log"
+        with open(log_path, "wb") as log:   # the child keeps its own descriptor
+            parent = os.getpid()
+            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config_path)], stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL, preexec_fn=lambda: _front_child(parent))
         deadline = time.monotonic() + timeout_s
+        url = f"http://{self.host if self.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{self.port}{READY_PATH}"
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"HAProxy exited ({self.process.returncode}) on start: "
-                                   f"{(self.workdir / 'haproxy.log').read_text(errors='replace').strip()[-2000:]}")
+                raise RuntimeError(f"HAProxy exited ({self.process.returncode}) on start, port {self.port}: "
+                                   f"{log_path.read_text(errors='replace').strip()[-2000:]}")
             try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
-                return self
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.read().decode() == self.token:
+                        return
             except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"HAProxy did not listen on {self.host}:{self.port} within {timeout_s:g} s")
-                time.sleep(0.05)
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HAProxy did not answer on {self.host}:{self.port} within {timeout_s:g} s "
+                                   f"(another server on that port?)")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -195,11 +233,15 @@ _RUNNING: dict[tuple[str, int], Front] = {}
 
 
 def start_front(host: str, port: int, upstream: str, max_inflight: int, queue_budget_ms: int,
-                request_timeout_s: float) -> Front:
-    """Start (or restart) this process's front on ``host:port``; it is stopped by ``stop_fronts`` or at exit."""
+                request_timeout_s: float, retry_after_s: int = 1) -> Front:
+    """Start (or restart) this process's front on ``host:port``; stopped by ``stop_front(s)`` or at exit.
+
+    From the main thread only: HAProxy is signalled when the thread that started it ends (PR_SET_PDEATHSIG)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("start the HAProxy front from the main thread: it ends with the thread that started it")
     if old := _RUNNING.pop((host, port), None):
         old.stop()
-    front = Front(host, port, upstream, max_inflight, queue_budget_ms, request_timeout_s).start()
+    front = Front(host, port, upstream, max_inflight, queue_budget_ms, request_timeout_s, retry_after_s).start()
     _RUNNING[(host, port)] = front
     return front
 
@@ -212,6 +254,9 @@ def stop_front(host: str, port: int) -> None:
 def stop_fronts() -> None:
     while _RUNNING:
         _RUNNING.popitem()[1].stop()
+
+
+atexit.register(stop_fronts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,6 +125,9 @@ class ServeConfig:
                 errors.append(f"{hi}={getattr(self, hi)} is below {lo}={getattr(self, lo)}: raise it or set 0 (fixed)")
         errors += check_admission(self.queue_delay_target_s, self.queue_delay_interval_s, self.max_inflight)
         errors += check_front(self.front, self.front_max_inflight, self.front_queue_budget_ms)
+        if self.serve_port < 0 or (self.serve_port and self.serve_port == self.port):
+            errors.append(f"serve_port={self.serve_port}: Serve's port behind the front must be free and not "
+                          f"port={self.port} (0 = a free one at start)")
         if self.max_inflight >= self.max_ongoing_requests:
             errors.append(f"max_inflight={self.max_inflight} must be below max_ongoing_requests="
                           f"{self.max_ongoing_requests}, which leaves room for /healthz and the 503 answers")
@@ -721,10 +724,8 @@ def wait_running(client, names: set[str], timeout_s: float = DEPLOY_TIMEOUT_S) -
 
 
 def http_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Serve's proxy: on host:port, or behind the front on loopback (``serve_port``, chosen by ``start_serve``)."""
-    behind = resolve(cfg.front) == "haproxy"
-    if behind and not cfg.serve_port:
-        raise ValueError("front=haproxy needs serve_port: start_serve chooses it")
+    """Serve's proxy: behind the front on loopback once ``start_serve`` chose ``serve_port``, else on host:port."""
+    behind = resolve(cfg.front) == "haproxy" and cfg.serve_port > 0
     return {"host": "127.0.0.1" if behind else cfg.host, "port": cfg.serve_port if behind else cfg.port,
             "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
 
@@ -747,16 +748,17 @@ def start_serve(cfg: ServeConfig, *more: ServeConfig) -> str:
     options); ``stop_serve`` or the process's exit stops the front."""
     for c in (cfg, *more):
         preflight(serve_config(c))  # before the proxy starts
-    front = resolve(cfg.front) == "haproxy"
+    cfg.front = resolve(cfg.front)   # decided once: later deploy(cfg) calls keep Serve's HTTP options
+    front = cfg.front == "haproxy"
     if front and not cfg.serve_port:
-        cfg.serve_port = free_port()
+        cfg.serve_port = free_port(avoid=cfg.port)
     for c in more:
         c.front, c.serve_port = cfg.front, cfg.serve_port
     serve.start(http_options=http_options(cfg))
     deploy(cfg, *more)
     if front:
         start_front(cfg.host, cfg.port, f"127.0.0.1:{cfg.serve_port}", cfg.front_max_inflight,
-                    cfg.front_queue_budget_ms, cfg.request_timeout_s)
+                    cfg.front_queue_budget_ms, cfg.request_timeout_s, RETRY_AFTER_S)
     return f"http://{cfg.host}:{cfg.port}"
 
 

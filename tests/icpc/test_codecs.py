@@ -210,6 +210,6 @@ def test_jpeg_levels_use_fitted_huffman_tables_same_pixels_fewer_bytes():
         ours = encode(pixels, "jpg", quality)
         standard = io.BytesIO()
         Image.fromarray(pixels).save(standard, "JPEG", quality=quality)
-        np.testing.assert_array_equal(decode(ours, "jpg", (side, side, 3)),
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(ours))),   # one decoder for both
                                       np.asarray(Image.open(io.BytesIO(standard.getvalue()))))
         assert len(ours) < standard.tell(), (side, len(ours), standard.tell())

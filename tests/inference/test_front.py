@@ -15,18 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from icpc.inference.front import (SHED_REASON, check_front, free_port, front_config, haproxy_binary, resolve,
-                                  start_front, stop_front)
+from icpc.inference.front import (SHED_REASON, Front, check_front, free_port, front_config, haproxy_binary,
+                                  resolve, start_front, stop_front)
 
 # haproxy is part of the README's install (apt-get install haproxy): without it these tests fail, not skip.
 
 
-class Slow(BaseHTTPRequestHandler):
-    """POST /v1/predict takes 1.5 s; anything else answers at once."""
+class Upstream(BaseHTTPRequestHandler):
+    """A stand-in for Serve's proxy: a POST holds its connection until the test releases it; GET answers at once."""
+
+    arrived: threading.Event
+    release: threading.Event
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(1.5)
+        self.arrived.set()
+        self.release.wait(60)
         self._answer(b'{"label": 1}')
 
     def do_GET(self):  # noqa: N802
@@ -45,9 +49,12 @@ class Slow(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    """(HOST:PORT, arrived, release) of a held-POST server on 127.0.0.1."""
+    handler = type("Held", (Upstream,), {"arrived": threading.Event(), "release": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
+    yield f"127.0.0.1:{server.server_address[1]}", handler.arrived, handler.release
+    handler.release.set()
     server.shutdown()
 
 
@@ -66,38 +73,56 @@ def test_the_written_configuration_passes_haproxys_own_check(tmp_path):
     (tmp_path / "haproxy.cfg").write_text(text)
     done = subprocess.run([haproxy_binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "timeout queue 25ms" in text and "maxconn 32" in text and "timeout server 35s" in text
+    assert "timeout queue 25ms" in text and "maxconn 32" in text and "timeout server 40s" in text
     head, body = (tmp_path / "errors" / "503.http").read_bytes().decode().split("\r\n\r\n", 1)
     assert json.loads(body) == {"error": SHED_REASON, "status": 503}
     assert "Retry-After: 1" in head and "X-ICPC-Shed: front" in head and f"Content-Length: {len(body)}" in head
 
 
 def test_a_request_that_waits_past_the_budget_gets_the_fronts_json_503(upstream):
+    """One slot, held by a request the upstream keeps: every other predict request - a URL-encoded path too -
+    is answered by HAProxy (JSON 503, Retry-After, x-icpc-shed); /healthz passes; after the release, 200."""
+    address, arrived, release = upstream
     port = free_port()
-    start_front("127.0.0.1", port, upstream, max_inflight=1, queue_budget_ms=20, request_timeout_s=30)
+    start_front("127.0.0.1", port, address, max_inflight=1, queue_budget_ms=20, request_timeout_s=30)
     url = f"http://127.0.0.1:{port}"
     try:
-        def post(i):
-            r = httpx.post(f"{url}/v1/predict", content=b"x" * 100, timeout=30)
-            return r, time.monotonic()
-
         with ThreadPoolExecutor(6) as pool:
-            holder = pool.submit(post, 0)
-            time.sleep(0.3)
-            shed = list(pool.map(post, range(1, 5)))
-            health = httpx.get(f"{url}/healthz", timeout=30)   # its own path: not behind the full slot
-            health_done = time.monotonic()
-            held, held_done = holder.result()
+            holder = pool.submit(httpx.post, f"{url}/v1/predict", content=b"x" * 100, timeout=60)
+            assert arrived.wait(60), "the holder never reached the upstream"
+            paths = ["/v1/predict"] * 3 + ["/v1/%70redict", "/image/v1/predict"]
+            shed = list(pool.map(lambda path: httpx.post(url + path, content=b"x", timeout=60), paths))
+            health = httpx.get(f"{url}/healthz", timeout=60)   # its own path: not behind the full slot
+            assert not holder.done(), "the held request finished before the test released it"
+            release.set()
+            held = holder.result()
         assert held.status_code == 200 and held.json() == {"label": 1}
-        for r, done in shed:
-            assert r.status_code == 503 and r.json() == {"error": SHED_REASON, "status": 503}
-            assert r.headers["retry-after"] == "1" and r.headers["x-icpc-shed"] == "front"
-            assert done < held_done, "shed only after the slot freed: queued, not shed"
-        assert health.status_code == 200 and health_done < held_done
+        for path, r in zip(paths, shed):
+            assert r.status_code == 503 and r.json() == {"error": SHED_REASON, "status": 503}, (path, r.text)
+            assert r.headers["retry-after"] == "1" and r.headers["x-icpc-shed"] == "front", path
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert httpx.post(f"{url}/v1/predict", content=b"x", timeout=60).status_code == 200   # the slot is free
     finally:
+        release.set()
         stop_front("127.0.0.1", port)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=5)
+
+
+def test_a_second_front_on_a_taken_port_is_refused(upstream):
+    """HAProxy binds without SO_REUSEPORT: a second server on the port is an error, not a silent split."""
+    address, _, _ = upstream
+    port = free_port()
+    first = start_front("127.0.0.1", port, address, 4, 25, 30)
+    try:
+        second = Front("127.0.0.1", port, address, 4, 25, 30)
+        with pytest.raises(RuntimeError, match=f"port {port}|another server"):
+            second.start(timeout_s=20)
+        assert second.process is None and not second.workdir.exists()   # stopped and cleaned up
+        assert first.process.poll() is None
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        stop_front("127.0.0.1", port)
 
 
 def test_the_front_does_not_outlive_a_parent_killed_with_sigkill(upstream, tmp_path):
@@ -105,7 +130,7 @@ def test_the_front_does_not_outlive_a_parent_killed_with_sigkill(upstream, tmp_p
     and frees the port. PID 1 here does not reap orphans, so "exited" is a zombie or no process at all."""
     port = free_port()
     code = (f"import time; from icpc.inference.front import start_front; "
-            f"f = start_front('127.0.0.1', {port}, {upstream!r}, 4, 25, 30); print(f.process.pid, flush=True); "
+            f"f = start_front('127.0.0.1', {port}, {upstream[0]!r}, 4, 25, 30); print(f.process.pid, flush=True); "
             f"time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
