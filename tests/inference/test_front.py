@@ -153,3 +153,13 @@ def test_the_front_does_not_outlive_a_parent_killed_with_sigkill(upstream, tmp_p
     assert state(front_pid) in ("Z", "X", "gone"), f"HAProxy {front_pid} outlived its parent: {state(front_pid)}"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_the_help_example_prints_a_configuration_haproxy_accepts(tmp_path):
+    """`python -m icpc.inference.front --help`'s example, run: the configuration passes `haproxy -c`."""
+    out = subprocess.run([sys.executable, "-m", "icpc.inference.front", "--upstream", "127.0.0.1:8000", "--port",
+                          "8080", "--errors-dir", str(tmp_path / "errors")], capture_output=True, text=True, check=True)
+    (tmp_path / "haproxy.cfg").write_text(out.stdout)
+    done = subprocess.run([haproxy_binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "bind 0.0.0.0:8080" in out.stdout and "server serve 127.0.0.1:8000 maxconn 16" in out.stdout
