@@ -226,7 +226,7 @@ def summarize(records: list[dict], seconds: float, stats: dict[str, Any], cpu: d
         "rejected_p99_ms": float(np.percentile(rejected, 99)) if rejected else None,
         "rejected_max_ms": float(np.max(rejected)) if rejected else None,
         "status_503_json": len(json_503),
-        "status_503_front": sum(1 for r in records if r["status"] == 503 and r.get("front")),   # wrk only
+        "status_503_front": sum(1 for r in records if r["status"] == 503 and r.get("front")),   # x-icpc-shed
         "server_ms": float(np.mean([r["server_ms"] for r in ok])) if ok else float("nan"),
         "server_timing_ms": timing,
         "forward_passes": stats["batches"], "mean_batch": stats["items"] / stats["batches"] if stats["batches"] else 0.0,
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 
         behind = f"http://127.0.0.1:{cfg.serve_port}" if cfg.serve_port else url   # Serve's own proxy
 
-        def load(clients: int, seconds: float, via: str = "front") -> list[dict]:
+        def load(clients: int, seconds: float, via: str) -> list[dict]:
             target = url if via == "front" else behind
             if args.client == "wrk":
                 return run_phase_wrk(target, samples, clients, seconds, workdir, not args.ignore_retry_after)

@@ -88,8 +88,8 @@ def front_config(host: str, port: int, upstream: str, max_inflight: int, queue_b
     errors.mkdir(parents=True, exist_ok=True)
     shed = f"Retry-After: {retry_after_s}\r\nX-ICPC-Shed: front\r\n"
     (errors / "503.http").write_text(error_response(503, SHED_REASON, shed))
-    (errors / "502.http").write_text(error_response(502, "the server behind the front is not answering "
-                                                         "(Serve's proxy down or restarting)",
+    (errors / "502.http").write_text(error_response(502, "the server behind the front sent an invalid answer or "
+                                                         "closed the connection (Serve's proxy restarting?)",
                                                     f"Retry-After: {retry_after_s}\r\n"))
     (errors / "504.http").write_text(error_response(504, "the server behind the front did not answer in time"))
     (errors / "400.http").write_text(error_response(400, "malformed HTTP request (refused by the front)"))

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from icpc.inference.front import free_port
 from icpc.inference.http_input import RequestError, read_payload
 from icpc.pipeline.modalities.image import MODALITY, ImageConfig, build_spec
 
@@ -69,12 +70,6 @@ def test_read_payload_accepts_json_raw_and_text():
 # ----------------------------------------------------------------------------- the real app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(straight_run, ray_local, tmp_path_factory):
     """The Serve app on 127.0.0.1 with hand-picked thresholds; yields (url, config, deploy)."""
@@ -85,7 +80,7 @@ def app(straight_run, ray_local, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     (folder / "thresholds.json").write_text(json.dumps({"thresholds": THRESHOLDS}))
     cfg = ServeConfig(checkpoint=str(straight_run / "last.pt"), thresholds=str(folder / "thresholds.json"),
-                      port=_free_port(), max_body_bytes=MAX_BODY, batch_wait_timeout_s=0.05, ingress_cpus=0.2,
+                      port=free_port(), max_body_bytes=MAX_BODY, batch_wait_timeout_s=0.05, ingress_cpus=0.2,
                       classifier_cpus=0.2, queue_delay_target_s=5.0)
     # A 5 s queueing budget: on a loaded CI machine 16 concurrent requests wait over the 0.1 s default and
     # would be shed; the overload tests set their own budget and max_inflight.
@@ -500,7 +495,7 @@ def test_icpc_serve_command_binds_loopback_and_stops_on_sigterm(straight_run, im
 
     from tests.conftest import REPO
 
-    port = _free_port()
+    port = free_port()
     with open(tmp_path / "stderr.log", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "icpc.cli", "serve", "--checkpoint", str(straight_run / "last.pt"),
                                  "--port", str(port), "--set", "set_thresholds=[0,0,0,0,0]", "--set", "num_cpus=2"],

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from icpc.inference.front import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +29,6 @@ CASES = {
 }
 TRAIN = ["--epochs", "1", "--batch-size", "16", "--set", "model.dim=32", "--set", "model.depth=1",
          "--set", "model.heads=2", "--set", "threads=1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build(modality: str, root: Path) -> Path:
@@ -94,7 +89,7 @@ def apps(runs):
 
     from icpc.inference.serve import ServeConfig, start_serve, stop_serve
 
-    port = _free_port()
+    port = free_port()
     cfgs = [ServeConfig(checkpoint=str(ckpt), port=port, app_name=modality, route_prefix=f"/{modality}",
                         ingress_cpus=0.1, classifier_cpus=0.1, batch_wait_timeout_s=0.02)
             for modality, ckpt in runs.items()]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,12 @@ import time
 import pytest
 import torch
 
+from icpc.inference.front import free_port
 from tests.conftest import REPO, run_cli
 
 pytest.importorskip("timm")
 pytestmark = pytest.mark.integration
 MODEL = "timm:vit_tiny_patch16_224"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_timm_vit_trains_evaluates_calibrates_and_serves(compressed, image_folder, tmp_path):
@@ -45,7 +39,7 @@ def test_a_timm_vit_trains_evaluates_calibrates_and_serves(compressed, image_fol
     thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
     assert len(thresholds) == 5
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "icpc.cli", "serve", "--checkpoint", str(run / "last.pt"),
                                "--port", str(port), "--set", "num_cpus=2"], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
